@@ -1,0 +1,96 @@
+"""``simple-rlhf <command> [options]``: one entry point, one sub-command per stage or tool.
+
+Commands are registered by module path and imported only when used, so ``simple-rlhf --help`` is
+instant. Each command's options come from its config dataclass (``--help`` prints every field's
+doc); ``--config recipe.yaml`` loads a YAML recipe that flags override.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+# name -> (module, config class, run function, one-line summary)
+COMMANDS: dict[str, tuple[str, str, str, str]] = {
+    "sft": ("simple_rlhf.trainers.sft", "SFTConfig", "run", "step 1: supervised fine-tuning"),
+    "eval": (
+        "simple_rlhf.serve.compare",
+        "CompareConfig",
+        "run",
+        "answers of several models side by side, with gold/RM scores",
+    ),
+}
+
+
+def register(name: str, module: str, config: str, run: str, summary: str) -> None:
+    """Add a command (used by later stages and by plugins)."""
+    COMMANDS[name] = (module, config, run, summary)
+
+
+def _usage() -> str:
+    width = max(len(n) for n in COMMANDS)
+    lines = [f"  {n:<{width}}  {COMMANDS[n][3]}" for n in COMMANDS]
+    return (
+        "usage: simple-rlhf <command> [options]   (simple-rlhf <command> --help for its options)\n\n"
+        "commands:\n" + "\n".join(lines)
+    )
+
+
+def _known_errors() -> tuple[type[BaseException], ...]:
+    from simple_rlhf.config import ConfigError
+    from simple_rlhf.data.tokenize import TemplateError
+    from simple_rlhf.models.loading import ModelLoadError
+
+    errors: list[type[BaseException]] = [ConfigError, ModelLoadError, TemplateError]
+    try:
+        from simple_rlhf.data.errors import DataError
+
+        errors.append(DataError)
+    except ImportError:  # pragma: no cover
+        pass
+    return tuple(errors)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(_usage())
+        return 0
+    if argv[0] in ("--version", "-V"):
+        from simple_rlhf import __version__
+
+        print(__version__)
+        return 0
+    name, rest = argv[0], argv[1:]
+    if name not in COMMANDS:
+        print(f"simple-rlhf: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
+        return 2
+    module_name, config_name, run_name, summary = COMMANDS[name]
+    module = importlib.import_module(module_name)
+    config_cls = getattr(module, config_name)
+    from simple_rlhf.config import add_config_arguments, config_from_args
+
+    parser = argparse.ArgumentParser(
+        prog=f"simple-rlhf {name}",
+        description=(module.__doc__ or summary).strip(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_config_arguments(parser, config_cls)
+    args = parser.parse_args(rest)
+    errors = _known_errors()
+    try:
+        cfg = config_from_args(config_cls, args)
+        getattr(module, run_name)(cfg)
+    except errors as e:
+        print(f"simple-rlhf {name}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"simple-rlhf {name}: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

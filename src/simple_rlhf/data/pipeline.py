@@ -1,0 +1,82 @@
+"""Data sources -> encoded examples, cached: the one entry point every trainer uses for data.
+
+``load_encoded(tokenizer, data_args, kind, step, split)`` reads the sources named in
+``data_args.data_path`` (blended, split per step as in DeepSpeed-Chat), normalises each record to
+the requested kind, tokenizes with the stated length policy, and caches the result keyed on the
+files' content, the tokenizer and every setting that changes the tokens.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from simple_rlhf.data import tokenize as tk
+from simple_rlhf.data.cache import cached, tokenizer_fingerprint
+
+Kind = Literal["sft", "pair", "prompt", "unpaired"]
+ENCODERS = {
+    "sft": None,  # needs train_on_prompt, see below
+    "pair": tk.encode_pairs,
+    "unpaired": tk.encode_unpaired,
+    "prompt": tk.encode_prompts,
+}
+
+
+def data_cache_dir(data_args: Any) -> Path | None:
+    if data_args.data_cache_dir:
+        return Path(data_args.data_cache_dir)
+    if os.environ.get("SIMPLE_RLHF_NO_DATA_CACHE"):
+        return None
+    from simple_rlhf.models.tiny import home_dir
+
+    return home_dir() / "data-cache"
+
+
+def spec_from_args(data_args: Any):
+    """The data layer's DataSpec for a DataArgs section."""
+    from simple_rlhf.data.sources import DataSpec
+
+    return DataSpec(
+        paths=tuple(data_args.data_path),
+        split=data_args.split_shares,
+        seed=data_args.data_seed,
+        eval_fraction=data_args.eval_fraction,
+        max_eval_records=data_args.max_eval_samples,
+    )
+
+
+def load_encoded(
+    tokenizer: Any,
+    data_args: Any,
+    kind: Kind,
+    step: int | None,
+    split: Literal["train", "eval"],
+) -> tuple[list[dict[str, Any]], tk.EncodeStats]:
+    """Encoded examples of ``kind`` for a pipeline ``step`` (1, 2, 3 or None = all) and split."""
+    from simple_rlhf.data.sources import load_records
+
+    spec = spec_from_args(data_args)
+    records, content_hash = load_records(spec, kind, step, split)
+    limits = tk.Limits(data_args.max_seq_len, data_args.max_prompt_len, data_args.truncation)
+    tk.ensure_chat_template(tokenizer)
+
+    def build() -> tuple[list[dict[str, Any]], tk.EncodeStats]:
+        if kind == "sft":
+            return tk.encode_sft(tokenizer, records, limits, data_args.train_on_prompt)
+        return ENCODERS[kind](tokenizer, records, limits)
+
+    if kind == "prompt":  # prompts carry arbitrary extra fields; cheap to encode, not cached
+        return build()
+    parts = {
+        "content": content_hash,
+        "tokenizer": tokenizer_fingerprint(tokenizer),
+        "kind": kind,
+        "step": step,
+        "split": split,
+        "limits": [limits.max_seq_len, limits.max_prompt_len, limits.truncation],
+        "train_on_prompt": data_args.train_on_prompt,
+        "spec": repr(spec),
+    }
+    return cached(data_cache_dir(data_args), parts, build)

@@ -1,0 +1,195 @@
+"""Saving: loadable HF model folders and resumable training checkpoints, both written atomically.
+
+A folder is written under a temporary name beside its target and renamed into place, so an
+interrupted save never leaves a half-written model where a finished one was (``os.replace`` of a
+directory is atomic on POSIX when the target is absent; an existing target is moved aside first and
+removed only after the new one is in place).
+
+* :func:`save_hf_model` — what ``from_pretrained`` loads: safetensors weights, config, generation
+  config, tokenizer and chat template; LoRA merged into the weights (default) or saved as an adapter.
+* :func:`save_checkpoint` / :func:`load_latest_checkpoint` — model(s), optimiser(s), scheduler(s),
+  RNG states, data position and step, under ``<output_dir>/checkpoints/step-N``; the last
+  ``keep`` are kept.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+CHECKPOINTS = "checkpoints"
+
+
+def atomic_dir(target: str | Path, write: Callable[[Path], None]) -> Path:
+    """Run ``write(tmp_dir)`` then move ``tmp_dir`` to ``target`` atomically."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    try:
+        write(tmp)
+        old = None
+        if target.exists():
+            old = target.parent / f".{target.name}.old-{os.getpid()}"
+            os.replace(target, old)
+        os.replace(tmp, target)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def unwrap(model: Any) -> Any:
+    """The plain model under DDP/DeepSpeed/accelerate wrappers."""
+    while hasattr(model, "module") and not hasattr(model, "peft_config"):
+        model = model.module
+    return model
+
+
+def is_peft(model: Any) -> bool:
+    return hasattr(unwrap(model), "peft_config")
+
+
+def save_hf_model(
+    model: Any,
+    tokenizer: Any,
+    out_dir: str | Path,
+    *,
+    merge_lora: bool = True,
+    extra_json: Mapping[str, Any] | None = None,
+) -> Path:
+    """Write a loadable HF folder (safetensors). With LoRA: merged weights, or the adapter alone.
+
+    The model goes into ``out_dir`` itself (beside logs and checkpoints): it is written to a
+    temporary folder first and its files are renamed into place one by one, weights last.
+    Merging is done on the live model (``merge_and_unload``), so call it with ``merge_lora=True``
+    only when training is over; mid-run saves keep the adapter.
+    ``extra_json`` maps file names to JSON-serialisable objects written beside the weights.
+    """
+    model = unwrap(model)
+    if is_peft(model) and merge_lora:
+        model = model.merge_and_unload()
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".model.tmp-", dir=out))
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+        for name, obj in (extra_json or {}).items():
+            (tmp / name).write_text(json.dumps(obj, indent=2, ensure_ascii=False, default=str))
+        # Only renames from here on: the folder holds either the old or the new copy of each
+        # file. Weights files of another kind (adapter vs merged) from an earlier save go away.
+        for stale in ("model.safetensors", "adapter_model.safetensors", "adapter_config.json"):
+            if (out / stale).exists() and not (tmp / stale).exists():
+                (out / stale).unlink()
+        for f in sorted(tmp.iterdir(), key=lambda p: p.name.endswith(".safetensors")):
+            os.replace(f, out / f.name)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def save_checkpoint(
+    output_dir: str | Path,
+    step: int,
+    *,
+    models: Mapping[str, Any],
+    optimizers: Mapping[str, Any] | None = None,
+    schedulers: Mapping[str, Any] | None = None,
+    state: Mapping[str, Any] | None = None,
+    keep: int = 2,
+) -> Path:
+    """Write a resumable checkpoint ``<output_dir>/checkpoints/step-<step>`` and prune old ones.
+
+    ``models``/``optimizers``/``schedulers`` map a role name ("actor", "critic", ...) to an object
+    with ``state_dict()``; ``state`` holds JSON-able trainer state (epoch, data position, metrics).
+    RNG states are saved too.
+    """
+    import torch
+    from safetensors.torch import save_file
+
+    from simple_rlhf.infra.seed import rng_state
+
+    root = Path(output_dir) / CHECKPOINTS
+
+    def write(tmp: Path) -> None:
+        for name, m in models.items():
+            sd = {k: v.detach().contiguous().cpu() for k, v in unwrap(m).state_dict().items()}
+            save_file(_dedupe_shared(sd), str(tmp / f"{name}.safetensors"))
+        torch.save(
+            {
+                "optimizers": {k: o.state_dict() for k, o in (optimizers or {}).items()},
+                "schedulers": {k: s.state_dict() for k, s in (schedulers or {}).items()},
+                "rng": rng_state(),
+            },
+            tmp / "trainer.pt",
+        )
+        (tmp / "state.json").write_text(json.dumps({"step": step, **dict(state or {})}, indent=2))
+
+    path = atomic_dir(root / f"step-{step}", write)
+    for old in sorted(_checkpoints(root), key=_step_of)[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return path
+
+
+def _dedupe_shared(sd: dict[str, Any]) -> dict[str, Any]:
+    """safetensors refuses tensors that share memory (tied embeddings): clone the duplicates."""
+    seen: dict[int, str] = {}
+    out = {}
+    for k, v in sd.items():
+        ptr = v.data_ptr()
+        out[k] = v.clone() if ptr in seen else v
+        seen.setdefault(ptr, k)
+    return out
+
+
+def _checkpoints(root: Path) -> list[Path]:
+    if not root.is_dir():
+        return []
+    return [p for p in root.iterdir() if p.is_dir() and p.name.startswith("step-")]
+
+
+def _step_of(p: Path) -> int:
+    try:
+        return int(p.name.split("-", 1)[1])
+    except ValueError:
+        return -1
+
+
+def latest_checkpoint(output_dir: str | Path) -> Path | None:
+    """The newest complete checkpoint folder, or None."""
+    done = [p for p in _checkpoints(Path(output_dir) / CHECKPOINTS) if (p / "state.json").exists()]
+    return max(done, key=_step_of) if done else None
+
+
+def load_checkpoint(
+    path: str | Path,
+    *,
+    models: Mapping[str, Any],
+    optimizers: Mapping[str, Any] | None = None,
+    schedulers: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Restore what :func:`save_checkpoint` wrote into live objects; returns the trainer state."""
+    import torch
+    from safetensors.torch import load_file
+
+    from simple_rlhf.infra.seed import set_rng_state
+
+    path = Path(path)
+    for name, m in models.items():
+        unwrap(m).load_state_dict(load_file(str(path / f"{name}.safetensors")))
+    blob = torch.load(path / "trainer.pt", weights_only=False)
+    for k, o in (optimizers or {}).items():
+        o.load_state_dict(blob["optimizers"][k])
+    for k, s in (schedulers or {}).items():
+        s.load_state_dict(blob["schedulers"][k])
+    set_rng_state(blob["rng"])
+    return json.loads((path / "state.json").read_text())

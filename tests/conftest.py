@@ -1,0 +1,68 @@
+"""Test configuration: fully offline, caches in a temporary folder, tiny artefacts built once.
+
+Session fixtures build the tiny base model and a short SFT of it once per test run; trainer tests
+of later steps start from them instead of training their own.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import pytest
+
+_SESSION_HOME = Path(tempfile.mkdtemp(prefix="simple-rlhf-tests-"))
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    os.environ["SIMPLE_RLHF_HOME"] = str(_SESSION_HOME / "home")
+    os.environ["HF_HOME"] = str(_SESSION_HOME / "hf")
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    os.environ["HF_DATASETS_OFFLINE"] = "1"
+    os.environ["TRANSFORMERS_OFFLINE"] = "1"
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    os.environ.setdefault("WANDB_MODE", "disabled")
+    import torch
+
+    torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    shutil.rmtree(_SESSION_HOME, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def session_dir() -> Path:
+    return _SESSION_HOME
+
+
+@pytest.fixture(scope="session")
+def tiny_base() -> Path:
+    """Folder of the tiny base model (random init) with its tokenizer."""
+    from simple_rlhf.models.tiny import ensure_tiny
+
+    return ensure_tiny()
+
+
+@pytest.fixture(scope="session")
+def tiny_sft(tiny_base: Path, session_dir: Path) -> Path:
+    """A tiny SFT model (short run, shared by the trainer tests of later steps)."""
+    from simple_rlhf.config import load_config
+    from simple_rlhf.trainers.sft import SFTConfig, run
+
+    out = session_dir / "sft"
+    cfg = load_config(
+        SFTConfig,
+        overrides={
+            "output_dir": str(out),
+            "num_train_epochs": 3,
+            "report_to": ["none"],
+            "progress_bar": False,
+            "gold_eval_prompts": 0,
+            "max_eval_samples": 32,
+        },
+    )
+    run(cfg)
+    return out
