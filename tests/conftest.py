@@ -60,8 +60,31 @@ def tiny_sft(tiny_base: Path, session_dir: Path) -> Path:
             "num_train_epochs": 3,
             "report_to": ["none"],
             "progress_bar": False,
-            "gold_eval_prompts": 0,
-            "max_eval_samples": 32,
+            "gold_eval_prompts": 32,
+            "max_eval_samples": 64,
+        },
+    )
+    run(cfg)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_rm(tiny_sft: Path, session_dir: Path) -> Path:
+    """A tiny reward model trained from ``tiny_sft`` (short run; its folder holds summary.json with
+    the held-out metrics before/after training and reward_stats.json)."""
+    from simple_rlhf.config import load_config
+    from simple_rlhf.trainers.reward import RewardConfig, run
+
+    out = session_dir / "reward"
+    cfg = load_config(
+        RewardConfig,
+        overrides={
+            "model_name_or_path": str(tiny_sft),
+            "output_dir": str(out),
+            "max_steps": 120,
+            "report_to": ["none"],
+            "progress_bar": False,
+            "max_eval_samples": 128,
         },
     )
     run(cfg)

@@ -309,7 +309,14 @@ def config_from_args(cls: type[T], args: argparse.Namespace) -> T:
     values = {k: v for k, v in vars(args).items() if k not in ("config", "command", "func")}
     leaves = {f.name for f in flat_fields(cls)}
     values = {k: v for k, v in values.items() if k in leaves}
-    return load_config(cls, getattr(args, "config", None), values)
+    path = getattr(args, "config", None)
+    if path is not None and "recipe" in leaves:
+        # a composite recipe (e.g. `train`): its top-level keys configure this class, the rest
+        # (per-step sections) is read by the class itself from the `recipe` file
+        data = load_yaml(path)
+        own = {k: v for k, v in data.items() if str(k).replace("-", "_") in leaves}
+        return load_config(cls, None, {"recipe": str(path), **values}, yaml_data=own)
+    return load_config(cls, path, values)
 
 
 # --- shared sections -----------------------------------------------------------------------------

@@ -122,9 +122,9 @@ def test_fallback_template_for_base_tokenizer(tok):
 
 def test_bos_prepended_when_tokenizer_adds_one(tok):
     """A tokenizer that adds BOS by default gets BOS first in every prompt, exactly once."""
-    from tokenizers import processors
-
     import copy
+
+    from tokenizers import processors
 
     bos_tok = copy.deepcopy(tok)
     bos_tok.backend_tokenizer.post_processor = processors.TemplateProcessing(

@@ -14,13 +14,53 @@ from collections.abc import Sequence
 
 # name -> (module, config class, run function, one-line summary)
 COMMANDS: dict[str, tuple[str, str, str, str]] = {
+    "train": (
+        "simple_rlhf.pipeline",
+        "PipelineConfig",
+        "run",
+        "steps 1-3 (SFT -> reward model -> PPO) in one command",
+    ),
     "sft": ("simple_rlhf.trainers.sft", "SFTConfig", "run", "step 1: supervised fine-tuning"),
+    "reward": ("simple_rlhf.trainers.reward", "RewardConfig", "run", "step 2: reward model"),
+    "ppo": ("simple_rlhf.trainers.ppo", "PPOConfig", "run", "step 3: PPO with actor and critic"),
+    "dpo": ("simple_rlhf.trainers.preference", "DPOConfig", "run", "DPO and its loss family"),
+    "simpo": ("simple_rlhf.trainers.preference", "SimPOConfig", "run", "SimPO (reference-free)"),
+    "cpo": ("simple_rlhf.trainers.preference", "CPOConfig", "run", "CPO / CPO-SimPO"),
+    "orpo": ("simple_rlhf.trainers.preference", "ORPOConfig", "run", "ORPO (odds ratio)"),
+    "kto": ("simple_rlhf.trainers.kto", "KTOConfig", "run", "KTO on unpaired good/bad labels"),
+    "grpo": ("simple_rlhf.trainers.grpo", "GRPOConfig", "run", "GRPO (group baseline)"),
+    "rloo": ("simple_rlhf.trainers.grpo", "RLOOConfig", "run", "RLOO (leave-one-out baseline)"),
+    "reinforce": (
+        "simple_rlhf.trainers.grpo",
+        "ReinforceConfig",
+        "run",
+        "REINFORCE++ (and its group-baseline variant)",
+    ),
+    "distill": (
+        "simple_rlhf.trainers.distill",
+        "DistillConfig",
+        "run",
+        "knowledge distillation: supervised KD, SeqKD, GKD",
+    ),
+    "rejection-sampling": (
+        "simple_rlhf.trainers.rejection_sampling",
+        "RejectionSamplingConfig",
+        "run",
+        "best-of-n sampling + fine-tuning, in rounds",
+    ),
+    "score": (
+        "simple_rlhf.serve.score",
+        "ScoreConfig",
+        "run",
+        "score prompt/response pairs with a reward model",
+    ),
     "eval": (
         "simple_rlhf.serve.compare",
         "CompareConfig",
         "run",
         "answers of several models side by side, with gold/RM scores",
     ),
+    "chat": ("simple_rlhf.serve.chat", "ChatConfig", "run", "multi-round chat in the terminal"),
 }
 
 

@@ -232,7 +232,7 @@ def raw_records(split: str = "train", kind: str = "pair", n: int | None = None, 
     ``kind="pair"`` (default, also used for SFT, where ``chosen`` is the demonstration, and for
     prompts): ``{"prompt", "chosen", "rejected"}`` with two demonstrator answers ordered by the gold
     reward, labels flipped with probability 0.1, gold ties re-drawn. ``kind="unpaired"`` (KTO):
-    ``{"prompt", "completion", "label"}`` with label = gold >= 0.75, flipped with probability 0.1.
+    ``{"prompt", "completion", "label"}`` with label = gold >= 0.9 (only flawless answers), flipped with probability 0.1.
     """
     split = "train" if split == "train" else "eval"
     n = DEFAULT_SIZES[split] if n is None else n
@@ -243,7 +243,7 @@ def raw_records(split: str = "train", kind: str = "pair", n: int | None = None, 
         prompt = make_prompt(things, lang)
         if kind == "unpaired":
             resp = sample_demonstration(things, lang, rng)
-            label = gold_reward(prompt, resp) >= 0.75
+            label = gold_reward(prompt, resp) >= 0.9
             if rng.random() < LABEL_NOISE:
                 label = not label
             out.append(

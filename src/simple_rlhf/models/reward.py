@@ -1,0 +1,174 @@
+"""Reward models: a backbone plus a scalar head, saved as ``AutoModelForSequenceClassification``
+(``num_labels=1``), scored at the last real token of each sequence.
+
+``RewardScorer`` is the read-out every later step uses: it tokenizes (prompt, response) pairs the
+way the data layer does, reads the score at the last real token (EOS) for any padding side, and
+applies the normalisation stored with the model (``reward_stats.json``: mean/std of the RM's scores
+on a reference set), optionally clipped.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from simple_rlhf.losses.reward import last_token_values
+from simple_rlhf.models.forward import token_values
+from simple_rlhf.models.loading import (
+    ModelLoadError,
+    _explain,
+    _quiet_transformers,
+    load_tokenizer,
+    resize_for_tokenizer,
+    set_dropout,
+    torch_dtype,
+)
+from simple_rlhf.models.tiny import resolve
+
+STATS_FILE = "reward_stats.json"
+
+
+def load_reward_model(
+    name_or_path: str,
+    tokenizer: Any | None = None,
+    *,
+    dtype: str = "float32",
+    dropout: float | None = None,
+    trust_remote_code: bool = False,
+    gradient_checkpointing: bool = False,
+) -> Any:
+    """A sequence classifier with one output, from a causal LM (new head) or a saved RM."""
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    _quiet_transformers()
+    path = resolve(name_or_path)
+    try:
+        config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+        config.num_labels = 1
+        if dropout is not None:
+            set_dropout(config, dropout)
+        if tokenizer is not None:
+            config.pad_token_id = tokenizer.pad_token_id
+        model = AutoModelForSequenceClassification.from_pretrained(
+            path, config=config, dtype=torch_dtype(dtype), trust_remote_code=trust_remote_code
+        )
+    except Exception as e:  # noqa: BLE001
+        raise _explain("a reward model", name_or_path, e) from e
+    if tokenizer is not None:
+        resize_for_tokenizer(model, tokenizer)
+    if gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.config.use_cache = False
+    return model
+
+
+def sequence_scores(
+    model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor
+) -> torch.Tensor:
+    """Raw scores ``[B]`` read at each row's last real token (left or right padding)."""
+    return last_token_values(token_values(model, input_ids, attention_mask), attention_mask)
+
+
+def read_stats(path: str | Path) -> dict[str, float] | None:
+    p = Path(path) / STATS_FILE
+    return json.loads(p.read_text()) if p.is_file() else None
+
+
+class RewardScorer:
+    """Scores responses with a reward model: raw -> ``(raw - mean) / std`` -> clipped."""
+
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any,
+        *,
+        stats: dict[str, float] | None = None,
+        normalize: bool = True,
+        clip: float | None = None,
+        batch_size: int = 32,
+    ) -> None:
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.stats = stats
+        self.normalize = normalize and stats is not None
+        self.clip = clip
+        self.batch_size = batch_size
+
+    @classmethod
+    def load(
+        cls,
+        path: str,
+        *,
+        trust_remote_code: bool = False,
+        normalize: bool = True,
+        clip: float | None = None,
+        dtype: str = "float32",
+        batch_size: int = 32,
+    ) -> RewardScorer:
+        if not Path(resolve(path)).exists():
+            raise ModelLoadError(f"reward model folder not found: {path}")
+        tok = load_tokenizer(path, trust_remote_code=trust_remote_code)
+        model = load_reward_model(
+            path, tok, dtype=dtype, dropout=0.0, trust_remote_code=trust_remote_code
+        )
+        return cls(
+            model,
+            tok,
+            stats=read_stats(path),
+            normalize=normalize,
+            clip=clip,
+            batch_size=batch_size,
+        )
+
+    def post_process(self, raw: torch.Tensor) -> torch.Tensor:
+        """Normalise with the stored mean/std (if on) and clip to ``[-clip, clip]`` (if set)."""
+        out = raw.float()
+        if self.normalize:
+            out = (out - self.stats["mean"]) / max(self.stats["std"], 1e-6)
+        if self.clip is not None:
+            out = out.clamp(-self.clip, self.clip)
+        return out
+
+    @torch.no_grad()
+    def raw_score_ids(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Raw scores ``[B]`` (float32, on the model's device) of tokenized sequences, in batches."""
+        device = next(self.model.parameters()).device
+        outs = []
+        for s in range(0, input_ids.shape[0], self.batch_size):
+            ids = input_ids[s : s + self.batch_size].to(device)
+            mask = attention_mask[s : s + self.batch_size].to(device)
+            outs.append(sequence_scores(self.model, ids, mask).float())
+        return torch.cat(outs) if outs else torch.zeros(0)
+
+    def score_ids(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Post-processed scores ``[B]`` of already tokenized sequences (RM's own tokenizer)."""
+        return self.post_process(self.raw_score_ids(input_ids, attention_mask))
+
+    def encode(
+        self, prompts: Sequence[Any], responses: Sequence[str]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Tokenize (prompt, response text) pairs as the data layer does; right-padded."""
+        from simple_rlhf.data.tokenize import encode_prompt, encode_response, pad
+
+        seqs = []
+        for p, r in zip(prompts, responses, strict=True):
+            resp = [{"role": "assistant", "content": r}] if isinstance(p, list) else r
+            seqs.append(encode_prompt(self.tokenizer, p) + encode_response(self.tokenizer, p, resp))
+        ids = pad(seqs, self.tokenizer.pad_token_id)
+        mask = pad([[1] * len(s) for s in seqs], 0)
+        return ids, mask
+
+    def score(self, prompts: Sequence[Any], responses: Sequence[str], **_: Any) -> list[float]:
+        """Reward-source form: ``(prompts, responses, **fields) -> scores``."""
+        if len(prompts) != len(responses):
+            raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
+        if not prompts:
+            return []
+        ids, mask = self.encode(prompts, responses)
+        return self.score_ids(ids, mask).tolist()
+
+    __call__ = score

@@ -1,0 +1,95 @@
+"""Model/tokenizer loading: tiny build, pad handling, dropout, save -> reload identical logits."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from simple_rlhf.infra.checkpoint import save_hf_model
+from simple_rlhf.models.loading import (
+    ModelLoadError,
+    load_causal_lm,
+    load_tokenizer,
+    set_dropout,
+)
+
+
+def test_tiny_builds_offline_and_reloads_identically(tiny_base, tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = load_tokenizer(str(tiny_base))
+    model = load_causal_lm(str(tiny_base), tok).eval()
+    ids = torch.tensor([tok("sky is blue.")["input_ids"]])
+    out = save_hf_model(model, tok, tmp_path / "m")
+    assert (out / "model.safetensors").exists()
+    assert (out / "chat_template.jinja").exists() or tok.chat_template
+    again = AutoModelForCausalLM.from_pretrained(out).eval()
+    tok2 = AutoTokenizer.from_pretrained(out)
+    assert torch.equal(model(ids).logits, again(ids).logits)
+    assert tok2.pad_token_id == tok.pad_token_id != tok2.eos_token_id
+    assert tok2.chat_template == tok.chat_template
+
+
+def test_tokenizer_without_pad_gets_distinct_pad_and_model_resized(tiny_base, tmp_path):
+    """A GPT-2-like tokenizer (pad == eos, or none) gets its own pad; embeddings grow."""
+    from transformers import AutoTokenizer
+
+    base = AutoTokenizer.from_pretrained(tiny_base)
+    base.pad_token = base.eos_token
+    folder = tmp_path / "nopad"
+    base.save_pretrained(folder)
+    tok = load_tokenizer(str(folder))
+    assert tok.pad_token_id != tok.eos_token_id
+    model = load_causal_lm(str(tiny_base), tok)
+    assert model.get_input_embeddings().weight.shape[0] >= len(tok)
+    assert model.config.pad_token_id == tok.pad_token_id
+
+
+def test_set_dropout_covers_both_naming_styles():
+    from transformers import GPT2Config, OPTConfig
+
+    g = GPT2Config()
+    set_dropout(g, 0.0)
+    assert g.resid_pdrop == g.embd_pdrop == g.attn_pdrop == 0.0
+    o = OPTConfig()
+    set_dropout(o, 0.0)
+    assert o.dropout == o.attention_dropout == 0.0
+
+
+def test_missing_model_is_a_clear_error(tmp_path):
+    with pytest.raises(ModelLoadError, match="could not load"):
+        load_tokenizer(str(tmp_path / "nope"))
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "opt", "qwen2"])
+def test_other_architectures_from_local_folders(tiny_base, tmp_path, arch):
+    """Any HF causal LM loads from a local folder: GPT-2, OPT and Qwen2 configs built here."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from simple_rlhf.data.tokenize import encode_prompt
+
+    tok = load_tokenizer(str(tiny_base))
+    kw = {
+        "gpt2": dict(n_embd=32, n_layer=1, n_head=2, n_positions=128),
+        "opt": dict(
+            hidden_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            ffn_dim=64,
+            word_embed_proj_dim=32,
+            max_position_embeddings=128,
+        ),
+        "qwen2": dict(
+            hidden_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+            intermediate_size=64,
+        ),
+    }[arch]
+    cfg = AutoConfig.for_model(arch, vocab_size=len(tok), **kw)
+    AutoModelForCausalLM.from_config(cfg).save_pretrained(tmp_path / arch)
+    tok.save_pretrained(tmp_path / arch)
+    model = load_causal_lm(str(tmp_path / arch), tok, dropout=0.0).eval()
+    ids = torch.tensor([encode_prompt(tok, [{"role": "user", "content": "hi"}])])
+    assert model(ids).logits.shape[-1] >= len(tok)
