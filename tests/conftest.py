@@ -48,7 +48,8 @@ def tiny_base() -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_sft(tiny_base: Path, session_dir: Path) -> Path:
-    """A tiny SFT model (short run, shared by the trainer tests of later steps)."""
+    """The tiny SFT model with the default settings (6 epochs, ~40 s alone on 2 cores; held-out
+    greedy gold ~0.62), shared by the trainer tests of later steps."""
     from simple_rlhf.config import load_config
     from simple_rlhf.trainers.sft import SFTConfig, run
 
@@ -57,7 +58,6 @@ def tiny_sft(tiny_base: Path, session_dir: Path) -> Path:
         SFTConfig,
         overrides={
             "output_dir": str(out),
-            "num_train_epochs": 3,
             "report_to": ["none"],
             "progress_bar": False,
             "gold_eval_prompts": 32,

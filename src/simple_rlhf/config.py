@@ -477,3 +477,54 @@ class LogArgs:
     )
     resume: bool = fld(True, "resume from the latest checkpoint in output_dir if there is one")
     progress_bar: bool = fld(True, "show a progress bar (off in CI logs)")
+
+
+OFFLOADS = ("none", "optimizer", "param", "all")
+
+
+@dataclasses.dataclass(frozen=True)
+class DistArgs:
+    """Several processes (torchrun / deepspeed launcher): DDP, or DeepSpeed ZeRO 0-3 with offload."""
+
+    zero_stage: int | None = fld(
+        None,
+        "DeepSpeed ZeRO stage 0-3 (None: no DeepSpeed; plain DDP when launched with several "
+        "processes). 1 shards optimizer states, 2 also gradients, 3 also parameters",
+    )
+    offload: str = fld(
+        "none",
+        "with ZeRO, keep on CPU: none, optimizer (states + update; stage >= 1), param (stage 3) "
+        "or all (both)",
+    )
+    deepspeed_config: str | None = fld(
+        None,
+        "a DeepSpeed JSON config used instead of the one built from these flags; its 'auto' values "
+        "are filled from the flags (needs --zero-stage unless the file sets zero_optimization)",
+    )
+    local_rank: int = fld(
+        -1, "rank on this node, passed by the deepspeed launcher (else read from $LOCAL_RANK)"
+    )
+    dist_backend: str | None = fld(
+        None, "torch.distributed backend (None: nccl when CUDA is available, else gloo)"
+    )
+
+    def __post_init__(self) -> None:
+        if self.zero_stage is not None and self.zero_stage not in (0, 1, 2, 3):
+            raise ConfigError(f"zero_stage: must be 0, 1, 2 or 3, got {self.zero_stage}")
+        if self.offload not in OFFLOADS:
+            raise ConfigError(f"offload: {self.offload!r} is not one of {', '.join(OFFLOADS)}")
+        if self.offload != "none" and self.zero_stage is None and self.deepspeed_config is None:
+            raise ConfigError("offload: needs DeepSpeed (--zero-stage 1, 2 or 3)")
+        if self.offload in ("optimizer", "all") and self.zero_stage == 0:
+            raise ConfigError("offload: optimizer offload needs --zero-stage 1, 2 or 3")
+        if self.offload in ("param", "all") and self.zero_stage not in (3, None):
+            raise ConfigError("offload: parameter offload needs --zero-stage 3")
+        if self.dist_backend is not None and self.dist_backend not in (
+            "gloo",
+            "nccl",
+            "mpi",
+            "ccl",
+        ):
+            raise ConfigError(
+                f"dist_backend: {self.dist_backend!r} is not one of gloo, nccl, mpi, ccl"
+            )

@@ -14,21 +14,27 @@ from simple_rlhf.trainers.sft import SFTConfig, run
 QUIET = {"report_to": ["none"], "progress_bar": False, "gold_eval_prompts": 0}
 
 
+def weights_of_base():
+    from simple_rlhf.models.tiny import ensure_tiny
+
+    return load_file(str(ensure_tiny() / "model.safetensors"))
+
+
 def weights(folder):
     return load_file(str(folder / "model.safetensors"))
 
 
 @pytest.mark.slow
 def test_sft_learns_the_tiny_task(tiny_sft):
-    """Seed 1234, 3 epochs on the step-1 share (2000 examples): held-out loss falls from ~6.6
-    (uniform over ~670 tokens) below 1.0, perplexity below 3, and greedy gold reward rises from
-    0 by at least 0.25."""
+    """Seed 1234, default 6 epochs on the step-1 share (2000 examples): held-out loss falls from
+    ~6.6 (uniform over ~670 tokens) below 0.6, perplexity below 2, and greedy gold reward on 32
+    held-out prompts rises from 0 by at least 0.4 (measured: 0.62)."""
     summary = json.loads((tiny_sft / "summary.json").read_text())
     before, after = summary["before"], summary["after"]
     assert before["eval/loss"] > 6.0
-    assert after["eval/loss"] < 1.0
-    assert after["eval/perplexity"] < 3.0
-    assert after["eval/gold_greedy"] >= before["eval/gold_greedy"] + 0.25
+    assert after["eval/loss"] < 0.6
+    assert after["eval/perplexity"] < 2.0
+    assert after["eval/gold_greedy"] >= before["eval/gold_greedy"] + 0.4
     assert (tiny_sft / "metrics.jsonl").exists() is False  # report_to none writes nothing
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -59,8 +65,12 @@ def test_batch_8x1_equals_batch_2x4(tmp_path, tiny_base):
     with 8 examples in one micro-batch equals 4 accumulated micro-batches of 2."""
     a = _one_step(tmp_path, "a", 8, 1)
     b = _one_step(tmp_path, "b", 2, 4)
+    base = weights_of_base()
     for k in a:
-        torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6)
+        # Adam's first step is ~lr*sign(g): where g is ~0 the sign can flip on float noise, so
+        # compare with atol 1e-5 (lr 3e-3) and also check that the weights really moved
+        torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-5)
+    assert max(float((a[k] - base[k]).abs().max()) for k in a) > 1e-3
 
 
 def test_resume_continues_exactly(tmp_path, tiny_base):

@@ -103,6 +103,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         print(__version__)
         return 0
+    # the deepspeed launcher puts --local_rank=N before the command: move it after
+    launcher_flags = [
+        a for a in argv if a.startswith("--local_rank") or a.startswith("--local-rank")
+    ]
+    if launcher_flags and argv[0] in launcher_flags:
+        argv = [a for a in argv if a not in launcher_flags]
+        argv = argv[:1] + launcher_flags + argv[1:]
     name, rest = argv[0], argv[1:]
     if name not in COMMANDS:
         print(f"simple-rlhf: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)

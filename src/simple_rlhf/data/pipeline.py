@@ -29,7 +29,7 @@ def data_cache_dir(data_args: Any) -> Path | None:
         return Path(data_args.data_cache_dir)
     if os.environ.get("SIMPLE_RLHF_NO_DATA_CACHE"):
         return None
-    from simple_rlhf.models.tiny import home_dir
+    from simple_rlhf.paths import home_dir
 
     return home_dir() / "data-cache"
 

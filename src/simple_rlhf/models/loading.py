@@ -83,7 +83,9 @@ def disable_dropout(model: torch.nn.Module) -> None:
 def resize_for_tokenizer(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> None:
     """Grow the embeddings when the tokenizer has tokens the model lacks (e.g. an added pad)."""
     n = len(tokenizer)
-    if model.get_input_embeddings().weight.shape[0] < n:
+    weight = model.get_input_embeddings().weight
+    rows = getattr(weight, "ds_shape", weight.shape)[0]  # ZeRO-3 keeps the full shape aside
+    if rows < n:
         model.resize_token_embeddings(n, mean_resizing=False)
     model.config.pad_token_id = tokenizer.pad_token_id
     if getattr(model, "generation_config", None) is not None:

@@ -10,6 +10,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from simple_rlhf.paths import home_dir
+
 TINY_NAME = "tiny"
 TINY_VERSION = "tiny-v1"
 
@@ -38,12 +40,6 @@ TINY_MODEL_CONFIG = {
     "rms_norm_eps": 1e-5,
     "tie_word_embeddings": True,
 }
-
-
-def home_dir() -> Path:
-    """Root of simple-rlhf's caches: ``$SIMPLE_RLHF_HOME`` or ``~/.cache/simple_rlhf``."""
-    env = os.environ.get("SIMPLE_RLHF_HOME")
-    return Path(env) if env else Path.home() / ".cache" / "simple_rlhf"
 
 
 def tiny_dir() -> Path:

@@ -65,8 +65,27 @@ def batches(
         yield [examples[i] for i in idx]
 
 
-def steps_per_epoch(n_examples: int, batch_size: int, accumulation: int) -> int:
-    micro = math.ceil(n_examples / batch_size)
+def rank_batches(
+    examples: Sequence[Any], batch_size: int, dist: Any = None, *, shuffle: bool, seed: int = 0
+) -> list[list[Any]]:
+    """This rank's micro-batches of one epoch: global batches of ``batch_size x world_size``
+    examples (the order :func:`batches` gives with that size), each cut into the ranks' disjoint
+    slices. One process: exactly ``list(batches(examples, batch_size, ...))``."""
+    if dist is None or dist.world_size == 1:
+        return list(batches(examples, batch_size, shuffle=shuffle, seed=seed))
+    from simple_rlhf.infra.distributed import iterate_shards
+
+    world = batches(examples, batch_size * dist.world_size, shuffle=shuffle, seed=seed)
+    return list(iterate_shards(dist, world))
+
+
+def steps_per_epoch(
+    n_examples: int, batch_size: int, accumulation: int, world_size: int = 1
+) -> int:
+    """Optimiser steps per epoch: ceil(micro-batches / accumulation), where a micro-batch is
+    ``batch_size x world_size`` examples and a last one smaller than the world is dropped."""
+    full, rest = divmod(n_examples, batch_size * world_size)
+    micro = full + (1 if rest >= world_size else 0)
     return math.ceil(micro / accumulation)
 
 

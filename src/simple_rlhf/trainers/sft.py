@@ -15,8 +15,15 @@ A real model, LoRA::
     simple-rlhf sft --model-name-or-path facebook/opt-1.3b --data-path Dahoas/rm-static \\
         --lora-dim 64 --learning-rate 1e-4 --output-dir outputs/opt-sft
 
-Several GPUs: the same command under ``torchrun --nproc_per_node N`` or ``deepspeed`` (see docs of
-``simple-rlhf train --deployment-type``).
+Several GPUs (or CPU processes over gloo): the same command under a launcher, plain DDP or
+DeepSpeed ZeRO (each rank takes a disjoint slice of every global batch of
+``per_device_train_batch_size x N`` examples; the loss is normalised by the response tokens of the
+global step, so N ranks x batch B equal one process with batch N x B)::
+
+    torchrun --nproc_per_node 8 -m simple_rlhf sft --zero-stage 2 --dtype bfloat16 ...
+    deepspeed --num_gpus 8 --module simple_rlhf sft --zero-stage 3 --offload all ...
+
+(``simple-rlhf train --deployment-type single_node`` builds these commands.)
 """
 
 from __future__ import annotations
@@ -28,18 +35,24 @@ from typing import Any
 
 import torch
 
-from simple_rlhf.config import DataArgs, LogArgs, LoraArgs, ModelArgs, OptimArgs, fld, section
+from simple_rlhf.config import (
+    DataArgs,
+    DistArgs,
+    LogArgs,
+    LoraArgs,
+    ModelArgs,
+    OptimArgs,
+    fld,
+    section,
+)
 from simple_rlhf.data.pipeline import load_encoded
 from simple_rlhf.data.tokenize import IGNORE_INDEX, collate_sft
-from simple_rlhf.infra.checkpoint import (
-    latest_checkpoint,
-    load_checkpoint,
-    save_checkpoint,
-    save_hf_model,
-)
+from simple_rlhf.infra.checkpoint import latest_checkpoint
+from simple_rlhf.infra.dist_checkpoint import load_checkpoint, save_checkpoint
+from simple_rlhf.infra.distributed import Dist, init_distributed
 from simple_rlhf.infra.logging import MetricsLogger, format_metrics
 from simple_rlhf.infra.seed import set_seed
-from simple_rlhf.models.loading import count_parameters, load_causal_lm, load_tokenizer
+from simple_rlhf.models.loading import load_causal_lm, load_tokenizer
 from simple_rlhf.models.logprobs import token_logprobs
 from simple_rlhf.models.lora import apply_lora
 from simple_rlhf.trainers import common
@@ -66,6 +79,7 @@ class SFTConfig:
     lora: LoraArgs = section(LoraArgs)
     log: LogArgs = section(lambda: LogArgs(output_dir="outputs/sft"))
     sft: SFTEvalArgs = section(SFTEvalArgs)
+    dist: DistArgs = section(DistArgs)
 
 
 def sequence_nll(model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -79,16 +93,26 @@ def sequence_nll(model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tens
 
 
 @torch.no_grad()
-def evaluate_loss(model: Any, examples: list[dict], batch_size: int, pad_id: int) -> dict:
-    """Token-averaged loss and perplexity over ``examples``."""
+def evaluate_loss(
+    model: Any, examples: list[dict], batch_size: int, pad_id: int, dist: Dist | None = None
+) -> dict:
+    """Token-averaged loss and perplexity over ``examples`` (split over the ranks of ``dist``;
+    padding copies have every label ignored, so they count for nothing)."""
+    if dist is not None:
+        shard, n_real = dist.shard_padded(examples)
+        blank = [{**e, "labels": [IGNORE_INDEX] * len(e["labels"])} for e in shard[n_real:]]
+        examples = shard[:n_real] + blank
     was_training = model.training
     model.eval()
     total, count = 0.0, 0
     for chunk in common.batches(examples, batch_size, shuffle=False):
-        nll, n = sequence_nll(model, collate_sft(chunk, pad_id))
+        batch = collate_sft(chunk, pad_id)
+        nll, n = sequence_nll(model, dist.to_device(batch) if dist is not None else batch)
         total += float(nll)
         count += int(n)
     model.train(was_training)
+    if dist is not None:
+        total, count = dist.all_reduce_sum([total, count])
     loss = total / max(count, 1)
     return {"eval/loss": loss, "eval/perplexity": math.exp(min(loss, 50.0))}
 
@@ -112,50 +136,58 @@ def uses_tiny_task(cfg: SFTConfig) -> bool:
 def run(cfg: SFTConfig) -> dict[str, Any]:
     """Train, evaluate and save; returns the summary (also written to summary.json)."""
     # ---- setup ----
-    set_seed(cfg.optim.seed)
+    dist = init_distributed(cfg.dist)  # one process: no process group, nothing changes
+    set_seed(cfg.optim.seed)  # the same on every rank: model and LoRA initialisation agree
     out_dir = cfg.log.output_dir
-    tokenizer = load_tokenizer(
-        cfg.model.tokenizer_name_or_path or cfg.model.model_name_or_path,
-        trust_remote_code=cfg.model.trust_remote_code,
-    )
-    model = load_causal_lm(
-        cfg.model.model_name_or_path,
-        tokenizer,
-        dtype=cfg.model.dtype,
-        dropout=cfg.model.dropout,
-        trust_remote_code=cfg.model.trust_remote_code,
-        gradient_checkpointing=cfg.model.gradient_checkpointing,
-    )
-    model = apply_lora(model, cfg.lora)
-    train, train_stats = load_encoded(tokenizer, cfg.data, "sft", step=1, split="train")
-    evals, _ = load_encoded(tokenizer, cfg.data, "sft", step=1, split="eval")
+    with dist.main_first():  # the node's main rank builds the tiny model / data cache first
+        tokenizer = load_tokenizer(
+            cfg.model.tokenizer_name_or_path or cfg.model.model_name_or_path,
+            trust_remote_code=cfg.model.trust_remote_code,
+        )
+        train, train_stats = load_encoded(tokenizer, cfg.data, "sft", step=1, split="train")
+        evals, _ = load_encoded(tokenizer, cfg.data, "sft", step=1, split="eval")
     if not train:
         raise ValueError("no training examples left after length filtering: raise --max-seq-len")
+    plan = dist.plan(cfg.optim, cfg.model.dtype)  # before loading: ZeRO-3 partitions at load
+    with plan.loading():
+        model = load_causal_lm(
+            cfg.model.model_name_or_path,
+            tokenizer,
+            dtype=cfg.model.dtype,
+            dropout=cfg.model.dropout,
+            trust_remote_code=cfg.model.trust_remote_code,
+            gradient_checkpointing=cfg.model.gradient_checkpointing,
+        )
+    model = apply_lora(model, cfg.lora)
     o = cfg.optim
     per_epoch = common.steps_per_epoch(
-        len(train), o.per_device_train_batch_size, o.gradient_accumulation_steps
+        len(train), o.per_device_train_batch_size, o.gradient_accumulation_steps, dist.world_size
     )
     total_steps = o.max_steps or per_epoch * o.num_train_epochs
     optimizer = common.build_optimizer(model, o, cfg.lora)
     scheduler = common.build_scheduler(optimizer, o, total_steps)
+    engine = plan.wrap(model, optimizer, scheduler)  # plain / DDP / DeepSpeed
+    if dist.world_size > 1:
+        set_seed(dist.rank_seed(o.seed))  # dropout differs per rank
     logger = MetricsLogger(
-        out_dir, cfg.log.report_to, total_steps=total_steps, progress_bar=cfg.log.progress_bar
+        out_dir,
+        cfg.log.report_to,
+        total_steps=total_steps,
+        progress_bar=cfg.log.progress_bar,
+        enabled=dist.is_main,
     )
-    common.save_run_config(out_dir, cfg)
-    n_all, n_train = count_parameters(model)
+    if dist.is_main:
+        common.save_run_config(out_dir, cfg)
     logger.print(
-        f"[sft] {n_all / 1e6:.2f}M parameters ({n_train / 1e6:.2f}M trainable); train examples: "
-        f"{train_stats.describe()}; eval examples: {len(evals)}; {total_steps} optimiser steps"
+        f"[sft] {engine.describe()}\n[sft] train examples: {train_stats.describe()}; eval "
+        f"examples: {len(evals)}; {total_steps} optimiser steps of "
+        f"{o.per_device_train_batch_size * dist.world_size * o.gradient_accumulation_steps} "
+        "examples"
     )
     step, epoch, skip = 0, 0, 0
     ckpt = latest_checkpoint(out_dir) if cfg.log.resume else None
     if ckpt is not None:
-        state = load_checkpoint(
-            ckpt,
-            models={"model": model},
-            optimizers={"opt": optimizer},
-            schedulers={"lr": scheduler},
-        )
+        state = load_checkpoint(ckpt, {"model": engine})
         step, epoch, skip = state["step"], state["epoch"], state["micro_in_epoch"]
         logger.print(f"[sft] resumed from {ckpt} at step {step}")
 
@@ -165,9 +197,11 @@ def run(cfg: SFTConfig) -> dict[str, Any]:
     tiny = uses_tiny_task(cfg) and cfg.sft.gold_eval_prompts > 0
 
     def evaluate(tag: str) -> dict[str, float]:
-        metrics = evaluate_loss(model, evals, eval_bs, pad_id) if evals else {}
-        if tiny:
-            metrics.update(gold_eval(model, tokenizer, cfg.sft.gold_eval_prompts))
+        metrics = evaluate_loss(engine.module, evals, eval_bs, pad_id, dist) if evals else {}
+        if tiny:  # generation: rank 0 alone (ZeRO-3: every rank, parameters gathered)
+            metrics.update(
+                engine.on_main(lambda m: gold_eval(m, tokenizer, cfg.sft.gold_eval_prompts))
+            )
         logger.log(metrics, step)
         logger.print(f"[sft] eval ({tag}, step {step}): {format_metrics(metrics)}")
         return metrics
@@ -176,37 +210,43 @@ def run(cfg: SFTConfig) -> dict[str, Any]:
         summary["before"] = evaluate("before training")
 
     # ---- train loop ----
-    model.train()
-    t_start, tokens_seen, samples_seen = time.perf_counter(), 0, 0
+    engine.train()
+    t_start, tokens_seen, samples_seen = time.perf_counter(), 0.0, 0.0  # global counts
     last_eval = -1
     while step < total_steps:
-        micro = list(common.batches(train, bs, shuffle=True, seed=o.seed + epoch))
+        micro = common.rank_batches(train, bs, dist, shuffle=True, seed=o.seed + epoch)
         accum = o.gradient_accumulation_steps
         groups = [micro[i : i + accum] for i in range(0, len(micro), accum)]
         for gi in range(skip, len(groups)):
-            batches = [collate_sft(b, pad_id) for b in groups[gi]]
-            # normalise by the response tokens of the whole optimiser step, not per micro-batch
-            n_tokens = sum(int((b["labels"][:, 1:] != IGNORE_INDEX).sum()) for b in batches)
-            loss_sum = 0.0
-            for b in batches:
-                nll, _ = sequence_nll(model, b)
-                (nll / max(n_tokens, 1)).backward()
+            batches = [dist.to_device(collate_sft(b, pad_id)) for b in groups[gi]]
+            # normalise by the response tokens of the whole optimiser step on all ranks, not per
+            # micro-batch; gradients are averaged over ranks, hence x world_size
+            local = sum(int((b["labels"][:, 1:] != IGNORE_INDEX).sum()) for b in batches)
+            (n_tokens,) = dist.all_reduce_sum([local])
+            loss_sum, step_tokens, step_samples = 0.0, 0, 0
+            for b in engine.accumulate(batches):
+                nll, _ = sequence_nll(engine.model, b)
+                engine.backward(nll * dist.world_size / max(n_tokens, 1))
                 loss_sum += float(nll.detach())
-                tokens_seen += int(b["attention_mask"].sum())
-                samples_seen += b["input_ids"].shape[0]
-            norm = common.grad_norm(model, o.max_grad_norm)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
+                step_tokens += int(b["attention_mask"].sum())
+                step_samples += b["input_ids"].shape[0]
+            norm = engine.step()
             step += 1
+            loss_sum, step_tokens, step_samples = dist.all_reduce_sum(
+                [loss_sum, step_tokens, step_samples]
+            )
+            tokens_seen += step_tokens
+            samples_seen += step_samples
             loss = loss_sum / max(n_tokens, 1)
-            logger.progress(1, {"loss": loss, "lr": scheduler.get_last_lr()[0]})
+            elapsed = time.perf_counter() - t_start
+            logger.progress(
+                1, {"loss": loss, "lr": engine.lr, "tok/s": tokens_seen / max(elapsed, 1e-9)}
+            )
             if step % cfg.log.logging_steps == 0 or step == total_steps:
-                elapsed = time.perf_counter() - t_start
                 logger.log(
                     {
                         "train/loss": loss,
-                        "train/lr": scheduler.get_last_lr()[0],
+                        "train/lr": engine.lr,
                         "train/grad_norm": norm,
                         "train/epoch": epoch + (gi + 1) / len(groups),
                         "perf/tokens_per_s": tokens_seen / elapsed,
@@ -218,14 +258,8 @@ def run(cfg: SFTConfig) -> dict[str, Any]:
                 summary[f"step_{step}"] = evaluate(f"step {step}")
                 last_eval = step
             if cfg.log.save_steps and step % cfg.log.save_steps == 0:
-                save_checkpoint(
-                    out_dir,
-                    step,
-                    models={"model": model},
-                    optimizers={"opt": optimizer},
-                    schedulers={"lr": scheduler},
-                    state={"epoch": epoch, "micro_in_epoch": gi + 1},
-                )
+                position = {"epoch": epoch, "micro_in_epoch": gi + 1}
+                save_checkpoint(out_dir, step, {"model": engine}, position)
             if step >= total_steps:
                 break
         else:  # a whole epoch done
@@ -239,17 +273,14 @@ def run(cfg: SFTConfig) -> dict[str, Any]:
     summary.update(
         {
             "steps": step,
+            "world_size": dist.world_size,
             "train_seconds": round(elapsed, 2),
             "tokens_per_s": round(tokens_seen / max(elapsed, 1e-9), 1),
             "samples_per_s": round(samples_seen / max(elapsed, 1e-9), 2),
         }
     )
-    save_hf_model(
-        model,
-        tokenizer,
-        out_dir,
-        merge_lora=cfg.lora.merge_lora,
-        extra_json={"summary.json": summary},
+    engine.save_hf(
+        tokenizer, out_dir, merge_lora=cfg.lora.merge_lora, extra_json={"summary.json": summary}
     )
     logger.print(f"[sft] saved model to {out_dir} ({elapsed:.1f}s of training)")
     logger.close()

@@ -1,0 +1,396 @@
+"""Distributed training on CPU, for real: 2 processes over gloo, DDP and DeepSpeed ZeRO-2/3.
+
+Multi-process tests (marked ``multiproc`` and ``slow``) launch ``tests/infra/dist_worker.py``:
+one ``torchrun --standalone --nproc_per_node 2`` runs five short SFT trainings in one process group
+(DDP, ZeRO-2, ZeRO-2 + optimizer offload, ZeRO-3 + optimizer and parameter offload, ZeRO-3 without
+offload + LoRA merged), one ``deepspeed --num_gpus 2`` launch (its ``--local_rank`` flag, resume from a
+DeepSpeed checkpoint, a LoRA adapter saved from ZeRO-3, bf16) and one DeepSpeed run in a single
+process. Each is compared with a single-process run on the same global batch: per rank 4
+examples x 2 ranks = 8 examples in one process, 3 optimiser steps, cosine schedule from 3e-3 with
+no warm-up (the schedule matters from step 2), gradients clipped to norm 1 (the initial norm is
+~6.7, so clipping is active).
+
+Tolerances (measured on this machine in brackets):
+* train loss of steps 1-3: rtol 1e-6 [<= 7e-8: only the order of the sums over ranks differs];
+* saved weights: atol 1e-4 [<= 1.1e-5]. Adam moves a weight by about lr x sign(g) on its first
+  steps, so a gradient within rounding of zero (|g| ~ eps = 1e-8) moves by a different amount:
+  1-5 elements per matrix differ by ~1e-5 under ZeRO-3, every other one by <= 1.2e-7. The
+  weights move by up to 9e-3 in these 3 steps (asserted > 1e-3, so the comparison means something);
+* bf16 (DeepSpeed bf16 with fp32 master weights) vs fp32: rtol 1e-2 [4e-4].
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from simple_rlhf.config import ConfigError, DistArgs, OptimArgs, load_config
+from simple_rlhf.infra.distributed import Dist, init_distributed
+from simple_rlhf.infra.logging import read_jsonl
+from simple_rlhf.infra.zero import deepspeed_config, estimate_memory
+from simple_rlhf.trainers import common
+from simple_rlhf.trainers.sft import SFTConfig, run
+
+WORKER = Path(__file__).with_name("dist_worker.py")
+COMMON = {
+    "report_to": ["jsonl"],
+    "progress_bar": False,
+    "gold_eval_prompts": 0,
+    "max_steps": 3,
+    "logging_steps": 1,
+    "warmup_ratio": 0.0,
+    "max_eval_samples": 8,
+}
+PER_RANK = {**COMMON, "per_device_train_batch_size": 4}
+TORCHRUN_RUNS = {
+    "ddp": {},
+    "zero2": {"zero_stage": 2},
+    "zero2_offload": {"zero_stage": 2, "offload": "optimizer"},
+    # + generation under ZeRO-3 (gathered parameters on every rank)
+    "zero3_offload": {"zero_stage": 3, "offload": "all", "gold_eval_prompts": 2},
+    "zero3_lora": {"zero_stage": 3, "lora_dim": 4},
+}
+LORA = {"zero3_lora": "ref_lora"}
+CONSTANT = {"lr_scheduler_type": "constant", "save_steps": 2}
+LAUNCHER_RUNS = [
+    ["resumed", {**CONSTANT, "zero_stage": 2, "max_steps": 2}],
+    ["resumed", {**CONSTANT, "zero_stage": 2}],
+    ["adapter", {"zero_stage": 3, "lora_dim": 4, "merge_lora": False}],
+    ["bf16", {"zero_stage": 2, "dtype": "bfloat16"}],
+]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _launch(cmd_prefix: list[str], out: Path, runs: list, tag: str, frozen=()) -> Path:
+    """Run the worker under a launcher; fail with its log if any rank fails."""
+    out.mkdir(parents=True, exist_ok=True)
+    spec = out / f"{tag}.json"
+    content = {"out": str(out), "common": PER_RANK, "runs": runs, "frozen": list(frozen)}
+    spec.write_text(json.dumps(content))
+    env = dict(os.environ)
+    env.update(
+        DS_ACCELERATOR="cpu",
+        OMP_NUM_THREADS="1",
+        # DeepSpeed JIT-compiles its CPU communication op once; keep it between test runs
+        TORCH_EXTENSIONS_DIR=env.get("TORCH_EXTENSIONS_DIR")
+        or str(Path.home() / ".cache" / "torch_extensions"),
+    )
+    log = out / f"{tag}.log"
+    with log.open("w") as f:
+        proc = subprocess.run(
+            [*cmd_prefix, str(WORKER), str(spec)],
+            env=env,
+            stdout=f,
+            stderr=subprocess.STDOUT,
+            timeout=900,
+        )
+    assert proc.returncode == 0, f"{tag} failed:\n" + log.read_text()[-6000:]
+    return out
+
+
+@pytest.fixture(scope="module")
+def references(tmp_path_factory, tiny_base) -> Path:
+    """Single-process runs with the whole global batch of 8 (no launcher: no process group)."""
+    out = tmp_path_factory.mktemp("reference")
+    for name, extra in {
+        "ref": {},
+        "ref_lora": {"lora_dim": 4},
+        "ref_constant": {"lr_scheduler_type": "constant"},
+    }.items():
+        cfg = {**COMMON, **extra, "per_device_train_batch_size": 8, "output_dir": str(out / name)}
+        run(load_config(SFTConfig, overrides=cfg))
+    assert not torch.distributed.is_initialized()
+    return out
+
+
+@pytest.fixture(scope="module")
+def torchrun_runs(tmp_path_factory, references) -> Path:
+    import deepspeed  # noqa: F401 - CI must have it: fail here rather than skip
+
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    out = tmp_path_factory.mktemp("torchrun")
+    runs = [[k, v] for k, v in TORCHRUN_RUNS.items()]
+    return _launch(cmd, out, runs, "torchrun", frozen=[["frozen_zero3", 3, "param"]])
+
+
+@pytest.fixture(scope="module")
+def launcher_runs(tmp_path_factory, references) -> Path:
+    cmd = [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", "2"]
+    cmd += ["--master_port", str(_free_port())]
+    return _launch(cmd, tmp_path_factory.mktemp("launcher"), LAUNCHER_RUNS, "deepspeed")
+
+
+def losses(folder: Path) -> list[float]:
+    return [r["train/loss"] for r in read_jsonl(folder / "metrics.jsonl") if "train/loss" in r]
+
+
+def assert_two_synchronised_ranks(folder: Path, kind: str, stage: int | None) -> list[dict]:
+    facts = [json.loads((folder / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert [f["rank"] for f in facts] == [0, 1]
+    assert all(f["world_size"] == 2 and f["dist_world_size"] == 2 for f in facts)
+    assert all(f["kind"] == kind and f["zero_stage"] == stage for f in facts)
+    a, b = (load_file(str(folder / f"rank{r}.safetensors")) for r in (0, 1))
+    assert a.keys() == b.keys()
+    for k in a:  # every rank holds exactly the same (full) weights after training
+        assert torch.equal(a[k], b[k]), k
+    return facts
+
+
+def assert_same_weights(got: dict, want: dict, base: dict | None = None) -> None:
+    assert got.keys() == want.keys()
+    for k in want:
+        torch.testing.assert_close(got[k], want[k], rtol=0, atol=1e-4, msg=k)
+    if base is not None:
+        moved = max(float((want[k] - base[k]).abs().max()) for k in base)
+        assert moved > 1e-3
+
+
+@pytest.mark.multiproc
+@pytest.mark.slow
+@pytest.mark.parametrize("name", list(TORCHRUN_RUNS))
+def test_two_ranks_match_one_process(name, torchrun_runs, references, tiny_base):
+    """Two ranks (4 examples each) = one process (8 examples): same losses, same saved weights
+    (ZeRO-3: gathered on rank 0; LoRA: merged), identical weights on both ranks."""
+    folder, ref = torchrun_runs / name, references / LORA.get(name, "ref")
+    over = TORCHRUN_RUNS[name]
+    assert_two_synchronised_ranks(folder, "ddp" if name == "ddp" else "ds", over.get("zero_stage"))
+    got, want = losses(folder), losses(ref)
+    assert len(got) == len(want) == 3
+    torch.testing.assert_close(got, want, rtol=1e-6, atol=0)
+    base = load_file(str(tiny_base / "model.safetensors"))
+    saved = load_file(str(folder / "model.safetensors"))
+    assert_same_weights(saved, load_file(str(ref / "model.safetensors")), base)
+    summary = json.loads((folder / "summary.json").read_text())
+    assert summary["world_size"] == 2 and summary["steps"] == 3
+    ref_summary = json.loads((ref / "summary.json").read_text())
+    for when in ("before", "after"):  # evaluation split over the ranks (padded) = one process
+        got_eval, want_eval = summary[when]["eval/loss"], ref_summary[when]["eval/loss"]
+        assert got_eval == pytest.approx(want_eval, rel=1e-5)
+    if over.get("gold_eval_prompts"):
+        assert 0.0 <= summary["after"]["eval/gold_greedy"] <= 1.0
+
+
+@pytest.mark.multiproc
+@pytest.mark.slow
+def test_zero3_save_loads_as_plain_hf_model(torchrun_runs):
+    from transformers import AutoModelForCausalLM
+
+    for name in ("zero3_offload", "zero3_lora"):
+        model = AutoModelForCausalLM.from_pretrained(torchrun_runs / name)
+        assert not any("lora" in n for n, _ in model.named_parameters())
+
+
+@pytest.mark.multiproc
+@pytest.mark.slow
+def test_frozen_model_partitioned_by_zero3(torchrun_runs, tiny_base):
+    """A frozen (reference) model under ZeRO-3 with parameters offloaded: each rank holds about
+    half of the 0.73M parameters (shards are padded to a multiple of the world size), nothing
+    trains, and the logits equal the plain model's (atol 1e-5: same weights, the matmuls only
+    run on gathered copies)."""
+    from simple_rlhf.models.loading import load_causal_lm, load_tokenizer
+
+    folder = torchrun_runs / "frozen_zero3"
+    facts = [json.loads((folder / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert [(f["rank"], f["world_size"]) for f in facts] == [(0, 2), (1, 2)]
+    for f in facts:
+        assert f["shard_numel"] <= f["full_numel"] / 2 + 1000 and not f["requires_grad"]
+    model = load_causal_lm(str(tiny_base), load_tokenizer(str(tiny_base))).eval()
+    with torch.no_grad():
+        want = model(input_ids=torch.arange(5, 45).unsqueeze(0)).logits
+    for r in (0, 1):
+        got = load_file(str(folder / f"rank{r}.safetensors"))["logits"]
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
+
+
+@pytest.mark.multiproc
+@pytest.mark.slow
+def test_deepspeed_launcher_resume_adapter_bf16(launcher_runs, references, tiny_base):
+    """Under ``deepspeed --num_gpus 2`` (which passes ``--local_rank=N``): 2 steps + a DeepSpeed
+    checkpoint, then a resumed run to step 3 = 3 steps in one process (constant lr); a ZeRO-3
+    LoRA adapter saved alone, merged by peft = the single-process merged LoRA; bf16 trains."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    facts = assert_two_synchronised_ranks(launcher_runs / "resumed", "ds", 2)
+    assert [f["local_rank_flag"] for f in facts] == [0, 1]
+    resumed = launcher_runs / "resumed"
+    assert (resumed / "checkpoints" / "step-2" / "state.json").exists()
+    got = losses(resumed)  # steps 1-2 from the first run, step 3 after resuming
+    torch.testing.assert_close(got, losses(references / "ref_constant"), rtol=1e-6, atol=0)
+    assert_same_weights(
+        load_file(str(resumed / "model.safetensors")),
+        load_file(str(references / "ref_constant" / "model.safetensors")),
+    )
+
+    adapter = launcher_runs / "adapter"
+    assert (adapter / "adapter_model.safetensors").exists()
+    assert not (adapter / "model.safetensors").exists()
+    base = AutoModelForCausalLM.from_pretrained(tiny_base)
+    merged = PeftModel.from_pretrained(base, adapter).merge_and_unload()
+    want = load_file(str(references / "ref_lora" / "model.safetensors"))
+    got_sd = {k: v for k, v in merged.state_dict().items() if k in want}
+    assert_same_weights(got_sd, want)
+
+    bf16 = launcher_runs / "bf16"
+    assert_two_synchronised_ranks(bf16, "ds", 2)
+    assert (
+        load_file(str(bf16 / "model.safetensors"))["model.embed_tokens.weight"].dtype
+        == torch.bfloat16
+    )
+    torch.testing.assert_close(losses(bf16), losses(references / "ref"), rtol=1e-2, atol=0)
+
+
+@pytest.mark.multiproc
+@pytest.mark.slow
+def test_deepspeed_in_one_process(tmp_path, references):
+    """``--zero-stage`` without a launcher: a one-rank group of our own; batch 8 in one process
+    equals the plain single-process run."""
+    out = tmp_path / "single"
+    out.mkdir()
+    spec = out / "spec.json"
+    over = {**COMMON, "per_device_train_batch_size": 8, "zero_stage": 3}
+    spec.write_text(json.dumps({"out": str(out), "common": over, "runs": [["z3", {}]]}))
+    env = {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1"}
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(key, None)
+    proc = subprocess.run(
+        [sys.executable, str(WORKER), str(spec)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    facts = json.loads((out / "z3" / "rank0.json").read_text())
+    assert facts["world_size"] == 1 and facts["zero_stage"] == 3
+    torch.testing.assert_close(losses(out / "z3"), losses(references / "ref"), rtol=1e-6, atol=0)
+
+
+# --- in-process unit tests (no process group) ---------------------------------------------------
+
+
+def test_single_process_creates_no_process_group(monkeypatch):
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        monkeypatch.delenv(key, raising=False)
+    dist = init_distributed(DistArgs())
+    assert (dist.rank, dist.world_size, dist.initialized) == (0, 1, False)
+    assert not torch.distributed.is_initialized()
+    assert dist.plan(OptimArgs(), "float32").ds_config is None
+    assert dist.all_reduce_sum([3, 4.5]) == [3.0, 4.5]
+    assert dist.mean_metrics({"a": 2.0}) == {"a": 2.0}
+
+
+def test_shards_are_disjoint_and_cover_the_global_batch():
+    """10 examples, batch 3 per rank x 2 ranks: global batches of 6 then 4; rank 0 takes the
+    first half of each. With 13 examples the last global batch holds 1 (< 2 ranks) and is dropped:
+    still 2 micro-batches per rank, and steps_per_epoch counts them."""
+    ranks = [Dist(DistArgs(), rank=r, world_size=2) for r in (0, 1)]
+    data = list(range(10))
+    got = [common.rank_batches(data, 3, d, shuffle=False) for d in ranks]
+    assert got == [[[0, 1, 2], [6, 7]], [[3, 4, 5], [8, 9]]]
+    shuffled = [common.rank_batches(data, 3, d, shuffle=True, seed=5) for d in ranks]
+    one = list(common.batches(data, 6, shuffle=True, seed=5))
+    assert [a + b for a, b in zip(shuffled[0], shuffled[1], strict=True)] == one
+    thirteen = list(range(13))
+    assert common.rank_batches(thirteen, 3, ranks[1], shuffle=False) == [[3, 4, 5], [9, 10, 11]]
+    assert common.steps_per_epoch(13, 3, 1, world_size=2) == 2
+    assert common.steps_per_epoch(13, 3, 1) == 5  # one process: ceil(13 / 3)
+    assert common.steps_per_epoch(13, 3, 2, world_size=2) == 1
+    assert common.rank_batches(data, 4, Dist(DistArgs()), shuffle=False)[-1] == [8, 9]
+
+
+def test_padded_eval_shards_have_equal_size():
+    """5 items over 2 ranks: 3 each; rank 1 gets items 3, 4 and one padding copy."""
+    r0, r1 = (Dist(DistArgs(), rank=r, world_size=2) for r in (0, 1))
+    assert r0.shard_padded(list("abcde")) == (["a", "b", "c"], 3)
+    assert r1.shard_padded(list("abcde")) == (["d", "e", "e"], 2)
+    assert Dist(DistArgs()).shard_padded(list("ab")) == (["a", "b"], 2)
+
+
+def test_memory_estimate_reproduces_the_zero_paper():
+    """ZeRO paper, Figure 1: Ψ = 7.5B, N = 64, mixed precision (p = 2, K = 12):
+    DDP (2+2+12)Ψ = 120 GB; stage 1: 4Ψ + 12Ψ/64 = 31.406 GB; stage 2: 2Ψ + 14Ψ/64 = 16.641 GB;
+    stage 3: 16Ψ/64 = 1.875 GB."""
+    psi = 7.5e9
+    want = {0: 120e9, 1: 31.40625e9, 2: 16.640625e9, 3: 1.875e9}
+    for stage, total in want.items():
+        mem = estimate_memory(psi, psi, stage=stage, world_size=64, dtype="bfloat16")
+        assert mem["device"] == pytest.approx(total, rel=1e-12)
+        assert mem["cpu"] == 0
+    # offload moves the optimizer (12Ψ/64 = 1.40625 GB) and the params (2Ψ/64) to CPU
+    mem = estimate_memory(psi, psi, stage=3, world_size=64, dtype="bfloat16", offload="all")
+    assert mem["cpu"] == pytest.approx(1.40625e9 + 0.234375e9, rel=1e-12)
+    assert mem["device"] == pytest.approx(0.234375e9, rel=1e-12)
+    # fp32 without DeepSpeed, 1M params of which 0.5M trainable: 4 + 4*0.5 + 8*0.5 = 10 MB
+    mem = estimate_memory(1e6, 5e5, stage=None, world_size=2, dtype="float32")
+    assert mem["device"] == pytest.approx(10e6, rel=1e-12)
+
+
+def test_deepspeed_config_from_flags_and_user_json(tmp_path):
+    optim = OptimArgs(per_device_train_batch_size=4, gradient_accumulation_steps=2)
+    cfg = deepspeed_config(zero_stage=3, offload="all", optim=optim, dtype="bfloat16", world_size=2)
+    assert cfg["train_batch_size"] == 16 and cfg["gradient_clipping"] == 1.0
+    assert cfg["zero_optimization"]["offload_param"]["device"] == "cpu"
+    assert cfg["zero_optimization"]["offload_optimizer"]["device"] == "cpu"
+    assert cfg["bf16"]["enabled"] and not cfg["fp16"]["enabled"]
+    fp16 = deepspeed_config(
+        zero_stage=2, offload="none", optim=optim, dtype="float16", world_size=1
+    )
+    assert fp16["fp16"]["enabled"] and fp16["fp16"]["loss_scale"] == 0  # dynamic loss scaling
+    user = tmp_path / "ds.json"
+    user.write_text(
+        json.dumps(
+            {
+                "train_micro_batch_size_per_gpu": "auto",
+                "gradient_clipping": "auto",
+                "zero_optimization": {"stage": 2, "overlap_comm": False},
+            }
+        )
+    )
+    cfg = deepspeed_config(
+        zero_stage=None,
+        offload="none",
+        optim=optim,
+        dtype="float32",
+        world_size=2,
+        user_config=str(user),
+    )
+    assert cfg["train_micro_batch_size_per_gpu"] == 4 and cfg["gradient_clipping"] == 1.0
+    assert cfg["zero_optimization"] == {"stage": 2, "overlap_comm": False}
+    assert cfg["gradient_accumulation_steps"] == 2 and cfg["train_batch_size"] == 16
+    user.write_text(json.dumps({"train_micro_batch_size_per_gpu": 5}))
+    with pytest.raises(ConfigError, match="differs from the flags"):
+        deepspeed_config(
+            zero_stage=2, offload="none", optim=optim, dtype="float32", world_size=2,
+            user_config=str(user),
+        )  # fmt: skip
+    user.write_text(json.dumps({"optimizer": {"type": "Adam"}}))
+    with pytest.raises(ConfigError, match="optimizer"):
+        deepspeed_config(
+            zero_stage=2, offload="none", optim=optim, dtype="float32", world_size=2,
+            user_config=str(user),
+        )  # fmt: skip
+
+
+def test_dist_args_validation():
+    with pytest.raises(ConfigError, match="zero_stage"):
+        load_config(SFTConfig, overrides={"zero_stage": 4})
+    with pytest.raises(ConfigError, match="needs DeepSpeed"):
+        load_config(SFTConfig, overrides={"offload": "optimizer"})
+    with pytest.raises(ConfigError, match="stage 3"):
+        load_config(SFTConfig, overrides={"zero_stage": 2, "offload": "param"})
+    cfg = load_config(SFTConfig, overrides={"local_rank": "1", "zero_stage": "3"})
+    assert (cfg.dist.local_rank, cfg.dist.zero_stage) == (1, 3)
