@@ -1,0 +1,396 @@
+"""Rejection-sampling (best-of-N) fine-tuning, in rounds.
+
+Variant (the "RAFT" / expert-iteration / Llama-2 rejection-sampling recipe): each round
+
+1. takes the next ``--max-prompts`` prompts (kind "prompt", ``--data-step``, default 3);
+2. samples ``--num-samples`` N responses per prompt from the current policy with the one generation
+   engine (``rollout/generate.py``; prompts repeated N times, seeded);
+3. scores them with the one reward-source interface (``rollout/rewards.py``): a reward model
+   (``--reward-model``, normalised as stored with it) and/or reward functions (``--reward-funcs``:
+   ``tiny_gold``, ``module:function`` or ``file.py:function``), weighted (``--reward-weights``);
+   with neither, on the tiny task, the gold reward ``tiny_gold``;
+4. keeps the best response of each prompt (argmax; first on ties; with ``--require-eos`` only among
+   responses that ended with EOS; ``--min-score`` drops prompts whose best is below it) and writes
+   ``round_<r>/data.jsonl`` (``{"messages": [...], "score": s}`` for chat prompts, ``{"prompt",
+   "response", "score"}`` for raw ones), readable by the data layer; with ``--keep-worst`` also
+   ``round_<r>/pairs.jsonl`` (best as chosen, worst as rejected, where they differ);
+5. fine-tunes the policy on that file by calling the SFT trainer (``trainers/sft.py::run``) with a
+   config built from this one (model = the current policy, optimiser/LoRA sections as given here),
+   saving it to ``round_<r>/model``; the next round samples from it.
+
+Reported per round: mean score of all samples, mean best-of-N score, mean worst score, EOS rate and,
+on the tiny task, the policy's greedy gold reward before and after the round. A finished round
+(``round_<r>/round.json``) is skipped when the run is restarted; an unfinished one reuses its
+written data and resumes its SFT from the latest checkpoint. The final policy is saved to
+``--output-dir``.
+
+One CPU, tiny default (policy = the SFT model, gold reward as the scorer)::
+
+    simple-rlhf rejection-sampling --model-name-or-path outputs/sft --rounds 2 \\
+        --output-dir outputs/rejection_sampling
+
+With a reward model and a real policy, LoRA::
+
+    simple-rlhf rejection-sampling --model-name-or-path outputs/opt-sft \\
+        --reward-model outputs/rm --data-path Dahoas/rm-static --num-samples 4 \\
+        --lora-dim 64 --learning-rate 1e-4 --output-dir outputs/opt-rs
+
+Several GPUs: the SFT phase runs under ``torchrun --nproc_per_node N`` like ``simple-rlhf sft``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from simple_rlhf.config import (
+    ConfigError,
+    DataArgs,
+    LogArgs,
+    LoraArgs,
+    ModelArgs,
+    OptimArgs,
+    fld,
+    section,
+)
+from simple_rlhf.data.pipeline import load_encoded
+from simple_rlhf.infra.checkpoint import save_hf_model
+from simple_rlhf.infra.logging import MetricsLogger, format_metrics
+from simple_rlhf.infra.seed import set_seed
+from simple_rlhf.models.loading import load_causal_lm, load_tokenizer
+from simple_rlhf.rollout.generate import SamplingArgs, decode_responses, generate
+from simple_rlhf.rollout.rewards import build_reward, call_reward, fields_to_columns
+from simple_rlhf.trainers import common
+
+RewardFn = Callable[..., list[float]]
+
+
+@dataclasses.dataclass(frozen=True)
+class RejectionSamplingArgs:
+    """Rounds, samples per prompt, the scorer and what is kept."""
+
+    num_samples: int = fld(8, "responses sampled per prompt (the N of best-of-N)")
+    rounds: int = fld(1, "sample -> select -> fine-tune rounds")
+    max_prompts: int | None = fld(
+        512, "prompts per round; each round takes the next ones, cycling (None: all every round)"
+    )
+    reward_model: str | None = fld(None, "reward model folder (simple-rlhf reward) to score with")
+    reward_funcs: list[str] = fld(
+        [],
+        "reward functions: built-in names (tiny_gold), module:function or file.py:function "
+        "(with no RM and no function on the tiny task: tiny_gold)",
+    )
+    reward_weights: list[float] = fld(
+        [], "weights of the reward sources, RM first then functions (default: all 1)"
+    )
+    normalize_reward: bool = fld(True, "normalise RM scores with the mean/std stored with the RM")
+    keep_worst: bool = fld(
+        False, "also write the worst response of each prompt as preference pairs (pairs.jsonl)"
+    )
+    min_score: float | None = fld(None, "drop prompts whose best score is below this")
+    require_eos: bool = fld(True, "only responses that ended with EOS can be kept")
+    data_step: int = fld(3, "which step's share of the data split gives the prompts")
+    gold_eval_prompts: int = fld(
+        64, "held-out tiny-task prompts answered greedily to measure the gold reward (0: off)"
+    )
+
+    def __post_init__(self) -> None:
+        if self.num_samples < 1 or self.rounds < 1:
+            raise ConfigError("num_samples and rounds: must be >= 1")
+        if self.max_prompts is not None and self.max_prompts < 1:
+            raise ConfigError("max_prompts: must be >= 1 (or None for all)")
+        n_sources = bool(self.reward_model) + len(self.reward_funcs)
+        if self.reward_weights and len(self.reward_weights) != n_sources:
+            raise ConfigError(
+                f"reward_weights: {len(self.reward_weights)} weights for {n_sources} reward sources"
+            )
+        if self.data_step not in (1, 2, 3):
+            raise ConfigError(f"data_step: must be 1, 2 or 3, got {self.data_step}")
+
+
+@dataclasses.dataclass(frozen=True)
+class RejectionSamplingConfig:
+    """Best-of-N sampling + SFT on the best, in rounds."""
+
+    model: ModelArgs = section(lambda: ModelArgs(model_name_or_path="outputs/sft"))
+    data: DataArgs = section(DataArgs)
+    optim: OptimArgs = section(
+        lambda: OptimArgs(learning_rate=1e-3, num_train_epochs=2, per_device_train_batch_size=16)
+    )
+    lora: LoraArgs = section(LoraArgs)
+    log: LogArgs = section(lambda: LogArgs(output_dir="outputs/rejection_sampling"))
+    sampling: SamplingArgs = section(SamplingArgs)
+    rs: RejectionSamplingArgs = section(RejectionSamplingArgs)
+
+    def __post_init__(self) -> None:
+        if self.rs.rounds > 1 and self.lora.lora_dim > 0 and not self.lora.merge_lora:
+            raise ConfigError("rounds > 1 with LoRA needs merge_lora (the next round loads it)")
+
+
+# ---- pieces (tested on their own) ----------------------------------------------------------------
+
+
+def reward_source(cfg: RejectionSamplingConfig) -> tuple[RewardFn, str]:
+    """The run's scorer (``rollout/rewards.py::build_reward``: the RM and/or functions, weighted)
+    and its description; with neither on the tiny task, the gold reward ``tiny_gold``."""
+    rs = cfg.rs
+    funcs = list(rs.reward_funcs)
+    if not rs.reward_model and not funcs:
+        if "tiny" not in cfg.data.data_path:
+            raise ConfigError("no reward: set --reward-model (an RM folder) and/or --reward-funcs")
+        funcs = ["tiny_gold"]
+    reward = build_reward(
+        rs.reward_model,
+        funcs,
+        rs.reward_weights,
+        normalize=rs.normalize_reward,
+        dtype=cfg.model.dtype,
+        trust_remote_code=cfg.model.trust_remote_code,
+    )
+    weights = ", ".join(f"{w:g} x {n}" for w, n in zip(reward.weights, reward.names, strict=True))
+    return reward, weights
+
+
+def select_best_worst(
+    scores: torch.Tensor, valid: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Best and worst sample of each prompt among the valid ones.
+
+    Args:
+        scores: ``[n_prompts, N]``.
+        valid: ``[n_prompts, N]`` bool (e.g. ended with EOS).
+    Returns:
+        ``best [n]`` (argmax, first on ties), ``worst [n]`` (argmin, first on ties),
+        ``has_valid [n]`` (rows with no valid sample must be skipped).
+    """
+    neg = torch.full_like(scores, float("-inf"))
+    pos = torch.full_like(scores, float("inf"))
+    best = torch.where(valid, scores, neg).argmax(dim=1)
+    worst = torch.where(valid, scores, pos).argmin(dim=1)
+    return best, worst, valid.any(dim=1)
+
+
+def sft_record(prompt: Any, response: str, score: float) -> dict[str, Any]:
+    """One SFT record in the data layer's format (conversational when the prompt is messages)."""
+    if isinstance(prompt, list):
+        return {"messages": [*prompt, {"role": "assistant", "content": response}], "score": score}
+    return {"prompt": prompt, "response": response, "score": score}
+
+
+def pair_record(prompt: Any, chosen: str, rejected: str, scores: Sequence[float]) -> dict:
+    if isinstance(prompt, list):
+        chosen_r: Any = [{"role": "assistant", "content": chosen}]
+        rejected_r: Any = [{"role": "assistant", "content": rejected}]
+    else:
+        chosen_r, rejected_r = chosen, rejected
+    return {
+        "prompt": prompt,
+        "chosen": chosen_r,
+        "rejected": rejected_r,
+        "chosen_score": scores[0],
+        "rejected_score": scores[1],
+    }
+
+
+def write_jsonl(path: Path, rows: Sequence[dict[str, Any]]) -> None:
+    """Write rows atomically (temporary file renamed into place)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with tmp.open("w", encoding="utf-8") as fh:
+        for row in rows:
+            fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+    os.replace(tmp, path)
+
+
+def round_prompts(prompts: Sequence[Any], round_index: int, max_prompts: int | None) -> list:
+    """Round ``round_index`` (0-based) takes the next ``max_prompts`` prompts, cycling."""
+    if max_prompts is None or max_prompts >= len(prompts):
+        return list(prompts)
+    start = (round_index * max_prompts) % len(prompts)
+    idx = [(start + i) % len(prompts) for i in range(max_prompts)]
+    return [prompts[i] for i in idx]
+
+
+def sample_and_select(
+    policy: Any,
+    tokenizer: Any,
+    prompts: Sequence[dict[str, Any]],
+    reward_fn: RewardFn,
+    sampling: SamplingArgs,
+    rs: RejectionSamplingArgs,
+    seed: int,
+) -> tuple[list[dict], list[dict], dict[str, float]]:
+    """Sample N responses per prompt, score, keep the best (and worst).
+
+    Returns ``(sft_rows, pair_rows, metrics)``.
+    """
+    N = rs.num_samples
+    ids = [p["prompt_ids"] for p in prompts for _ in range(N)]  # each prompt N times in a row
+    rollout = generate(policy, tokenizer, ids, sampling, seed=seed)
+    texts = decode_responses(tokenizer, rollout)
+    raw_prompts = [p["prompt"] for p in prompts for _ in range(N)]
+    fields = fields_to_columns([p["fields"] for p in prompts for _ in range(N)])
+    flat = call_reward("reward", reward_fn, raw_prompts, texts, **fields)
+    scores = torch.tensor(flat).view(len(prompts), N)  # [n, N]
+    has_eos = rollout.has_eos.view(len(prompts), N)  # [n, N]
+    valid = has_eos if rs.require_eos else torch.ones_like(has_eos)
+    best, worst, has_valid = select_best_worst(scores, valid)
+    sft_rows, pair_rows, kept_scores, worst_scores = [], [], [], []
+    for i, p in enumerate(prompts):
+        if not has_valid[i]:
+            continue
+        b, w = int(best[i]), int(worst[i])
+        s_best, s_worst = float(scores[i, b]), float(scores[i, w])
+        if rs.min_score is not None and s_best < rs.min_score:
+            continue
+        sft_rows.append(sft_record(p["prompt"], texts[i * N + b], s_best))
+        kept_scores.append(s_best)
+        worst_scores.append(s_worst)
+        if rs.keep_worst and s_best > s_worst:
+            pair_rows.append(
+                pair_record(p["prompt"], texts[i * N + b], texts[i * N + w], (s_best, s_worst))
+            )
+    metrics = {
+        "rs/score_mean": float(scores.mean()),
+        "rs/best_of_n_score": float(scores.max(dim=1).values.mean()),
+        "rs/kept_score_mean": sum(kept_scores) / max(len(kept_scores), 1),
+        "rs/worst_score_mean": sum(worst_scores) / max(len(worst_scores), 1),
+        "rs/kept": float(len(sft_rows)),
+        "rs/pairs": float(len(pair_rows)),
+        "rollout/eos_rate": float(rollout.has_eos.float().mean()),
+        "rollout/response_len": float(rollout.response_lengths.float().mean()),
+    }
+    return sft_rows, pair_rows, metrics
+
+
+def sft_config_for_round(cfg: RejectionSamplingConfig, policy: str, data: Path, out: Path):
+    """The SFT trainer's config for one round: this run's sections, the round's data and model."""
+    from simple_rlhf.trainers.sft import SFTConfig, SFTEvalArgs
+
+    return SFTConfig(
+        model=dataclasses.replace(cfg.model, model_name_or_path=policy),
+        data=dataclasses.replace(cfg.data, data_path=[str(data)], eval_fraction=0.0),
+        optim=cfg.optim,
+        lora=cfg.lora,
+        log=dataclasses.replace(cfg.log, output_dir=str(out)),
+        sft=SFTEvalArgs(gold_eval_prompts=0),
+    )
+
+
+# ---- the run -------------------------------------------------------------------------------------
+
+
+def run(cfg: RejectionSamplingConfig) -> dict[str, Any]:
+    """Run the rounds and save the final policy; returns the summary (also in summary.json)."""
+    from simple_rlhf.trainers import sft
+
+    # ---- setup ----
+    set_seed(cfg.optim.seed)
+    rs, out_dir = cfg.rs, Path(cfg.log.output_dir)
+    tokenizer = load_tokenizer(
+        cfg.model.tokenizer_name_or_path or cfg.model.model_name_or_path,
+        trust_remote_code=cfg.model.trust_remote_code,
+    )
+    reward_fn, reward_name = reward_source(cfg)
+    prompts, stats = load_encoded(tokenizer, cfg.data, "prompt", rs.data_step, "train")
+    logger = MetricsLogger(out_dir, cfg.log.report_to, total_steps=None, progress_bar=False)
+    common.save_run_config(out_dir, cfg)
+    logger.print(
+        f"[rejection-sampling] {rs.rounds} round(s) x {min(len(prompts), rs.max_prompts or 10**9)} "
+        f"prompts x {rs.num_samples} samples; prompts: {stats.describe()}; scorer: {reward_name}"
+    )
+    tiny = "tiny" in cfg.data.data_path and rs.gold_eval_prompts > 0
+
+    def load_policy(path: str) -> Any:
+        return load_causal_lm(
+            path,
+            tokenizer,
+            dtype=cfg.model.dtype,
+            dropout=0.0,
+            trust_remote_code=cfg.model.trust_remote_code,
+        )
+
+    def gold(model: Any) -> dict[str, float]:
+        if not tiny:
+            return {}
+        from simple_rlhf.rollout.evaluate import evaluate_gold
+
+        return evaluate_gold(model, tokenizer, n_prompts=rs.gold_eval_prompts)
+
+    policy_path = cfg.model.model_name_or_path
+    summary: dict[str, Any] = {"scorer": reward_name, "prompts": len(prompts), "rounds": []}
+    gold_now: dict[str, float] | None = None
+    timer = common.Timer()
+    # ---- rounds ----
+    for r in range(1, rs.rounds + 1):
+        rdir = out_dir / f"round_{r}"
+        done = rdir / "round.json"
+        if cfg.log.resume and done.is_file():
+            record = json.loads(done.read_text())
+            summary["rounds"].append(record)
+            policy_path, gold_now = str(rdir / "model"), record.get("gold_after")
+            logger.print(f"[rejection-sampling] round {r} already done ({done}); skipped")
+            continue
+        # 1-4. sample, score, select, write (reused if an interrupted run wrote them already)
+        selection = rdir / "selection.json"
+        policy = load_policy(policy_path)
+        if gold_now is None:
+            gold_now = gold(policy)
+        if cfg.log.resume and selection.is_file() and (rdir / "data.jsonl").is_file():
+            metrics = json.loads(selection.read_text())
+        else:
+            chunk = round_prompts(prompts, r - 1, rs.max_prompts)
+            with timer("generate"):
+                sft_rows, pair_rows, metrics = sample_and_select(
+                    policy, tokenizer, chunk, reward_fn, cfg.sampling, rs, cfg.optim.seed + r
+                )
+            if not sft_rows:
+                raise ValueError(
+                    f"round {r}: no response was kept (none ended with EOS or passed "
+                    "--min-score); raise --max-new-tokens or lower --min-score"
+                )
+            write_jsonl(rdir / "data.jsonl", sft_rows)
+            if rs.keep_worst:
+                write_jsonl(rdir / "pairs.jsonl", pair_rows)
+            metrics.update(timer.pop())
+            selection.write_text(json.dumps(metrics, indent=2))
+        del policy
+        logger.log(metrics, r)
+        logger.print(f"[rejection-sampling] round {r} samples: {format_metrics(metrics)}")
+        # 5. fine-tune on the kept responses with the SFT trainer
+        sft_cfg = sft_config_for_round(cfg, policy_path, rdir / "data.jsonl", rdir / "model")
+        sft_summary = sft.run(sft_cfg)
+        policy_path = str(rdir / "model")
+        gold_before = gold_now
+        gold_now = gold(load_policy(policy_path))
+        record = {
+            "round": r,
+            **metrics,
+            "sft_steps": sft_summary.get("steps"),
+            "sft_seconds": sft_summary.get("train_seconds"),
+            "gold_before": gold_before,
+            "gold_after": gold_now,
+        }
+        if tiny:
+            g_key = "eval/gold_greedy"
+            logger.log({"gold/before": gold_before[g_key], "gold/after": gold_now[g_key]}, r)
+            logger.print(
+                f"[rejection-sampling] round {r}: greedy gold {gold_before[g_key]:.4f} -> "
+                f"{gold_now[g_key]:.4f}"
+            )
+        done.write_text(json.dumps(record, indent=2))
+        summary["rounds"].append(record)
+
+    # ---- save the final policy beside the rounds ----
+    save_hf_model(
+        load_policy(policy_path), tokenizer, out_dir, extra_json={"summary.json": summary}
+    )
+    logger.print(f"[rejection-sampling] saved the final policy to {out_dir}")
+    logger.close()
+    return summary
