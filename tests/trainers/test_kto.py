@@ -1,0 +1,72 @@
+"""KTO trainer: mismatched pairs for the KL reference point, config checks, a short learning run."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from simple_rlhf.config import ConfigError, load_config
+from simple_rlhf.data.tokenize import IGNORE_INDEX
+from simple_rlhf.trainers.kto import KTOConfig, collate_unpaired, run
+
+QUIET = {"report_to": ["none"], "progress_bar": False, "gold_eval_prompts": 0}
+
+
+def test_mismatched_batch_shifts_completions_by_one():
+    """Prompt i is paired with completion i-1 (mod B); labels mask the prompt; pad id 0.
+    Examples: ([1,2],[3]) good, ([4],[5,6]) bad, ([7],[8]) good ->
+    matched rows 1 2 3 | 4 5 6 | 7 8; mismatched rows 1 2 8 | 4 3 | 7 5 6."""
+    chunk = [
+        {"prompt_ids": [1, 2], "completion_ids": [3], "label": True},
+        {"prompt_ids": [4], "completion_ids": [5, 6], "label": False},
+        {"prompt_ids": [7], "completion_ids": [8], "label": True},
+    ]
+    matched, shifted, labels = collate_unpaired(chunk, pad_id=0, max_len=16)
+    assert matched["input_ids"].tolist() == [[1, 2, 3], [4, 5, 6], [7, 8, 0]]
+    assert shifted["input_ids"].tolist() == [[1, 2, 8], [4, 3, 0], [7, 5, 6]]
+    x = IGNORE_INDEX
+    assert shifted["labels"].tolist() == [[x, x, 8], [x, 3, x], [x, 5, 6]]
+    assert shifted["attention_mask"].tolist() == [[1, 1, 1], [1, 1, 0], [1, 1, 1]]
+    assert labels.tolist() == [True, False, True]
+    # completions are cut so prompt + completion fits max_len, keeping at least one token
+    _, cut, _ = collate_unpaired(chunk, pad_id=0, max_len=2)
+    assert cut["input_ids"].tolist() == [[1, 2, 8], [4, 3, 0], [7, 5, 0]]
+
+
+def test_config_errors():
+    with pytest.raises(ConfigError, match="per_device_train_batch_size"):
+        load_config(KTOConfig, overrides={"per_device_train_batch_size": 1})
+    with pytest.raises(ConfigError, match="beta"):
+        load_config(KTOConfig, overrides={"beta": 0.0})
+    with pytest.raises(ConfigError, match="undesirable_weight"):
+        load_config(KTOConfig, overrides={"undesirable_weight": -1.0})
+
+
+def test_tiny_recipe_loads():
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2] / "configs" / "tiny"
+    cfg = load_config(KTOConfig, root / "kto.yaml")
+    assert cfg.log.output_dir == "outputs/kto" and cfg.train.data_step == 2
+
+
+def test_short_run_moves_held_out_preferences(tmp_path, tiny_sft):
+    """30 steps of 8 unpaired examples from the tiny SFT model (seed 1234): the implicit reward
+    ``β(log π - log π_ref)`` comes to rank held-out chosen answers first (pair margin and accuracy
+    both 0 before training, when policy == reference), and desirable examples outscore undesirable
+    ones on held-out unpaired data."""
+    overrides = {
+        **QUIET,
+        "model_name_or_path": str(tiny_sft),
+        "output_dir": str(tmp_path / "kto"),
+        "max_steps": 30,
+        "per_device_train_batch_size": 8,
+        "max_eval_samples": 64,
+    }
+    summary = run(load_config(KTOConfig, overrides=overrides))
+    before, after = summary["before"], summary["after"]
+    assert before["eval/pairs/margin"] == 0.0 and before["eval/rewards/accuracy"] == 0.0
+    assert after["eval/pairs/margin"] >= 0.05, after
+    assert after["eval/rewards/accuracy"] >= 0.5, after
+    assert after["eval/rewards/margin"] >= 0.05, after
+    assert torch.isfinite(torch.tensor(after["eval/kl"]))
