@@ -24,8 +24,6 @@ PENDING_VERIFICATION = [
     "rollout/test_generate.py",
     "rollout/test_rewards.py",
     "rollout/test_reward_functions.py",
-    "serve/test_score.py",
-    "trainers/test_reward.py",
     "trainers/test_ppo.py",
     "trainers/test_grpo.py",
     "trainers/test_preference.py",

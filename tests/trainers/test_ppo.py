@@ -205,15 +205,19 @@ def test_rm_reward_lora_ema_checkpoint_and_resume(tiny_sft, tiny_rm, tmp_path):
 
 @pytest.mark.slow
 def test_short_ppo_run_raises_gold(tiny_sft, tmp_path):
-    """Seed 1234, tiny SFT actor, gold reward as the reward source, 8 rollouts of 16 prompts:
-    the held-out greedy gold reward (32 prompts) rises by at least 0.05 and the first rollout's KL
-    to the (full-copy) reference is 0."""
+    """Seed 1234, the tiny SFT fixture as actor (3 epochs: greedy gold only ~0.2), the gold reward
+    as the reward source, 10 rollouts of 32 prompts (actor lr 5e-4, kl_coef 0.05, critic lr
+    1e-4; ~15 CPU-seconds): the held-out greedy gold reward (32 prompts) rises by at least 0.1
+    (measured: 0.19 -> 0.38), and the first rollout's KL to the full-copy reference is 0."""
     out = tmp_path / "ppo"
     summary = run(
         cfg_of(
             actor_model_name_or_path=str(tiny_sft),
-            num_rollouts=8,
-            prompts_per_rollout=16,
+            num_rollouts=10,
+            prompts_per_rollout=32,
+            learning_rate=5e-4,
+            kl_coef=0.05,
+            critic_learning_rate=1e-4,
             gold_eval_prompts=32,
             max_new_tokens=32,
             output_dir=str(out),
@@ -222,7 +226,7 @@ def test_short_ppo_run_raises_gold(tiny_sft, tmp_path):
         )
     )
     before, after = summary["before"]["eval/gold_greedy"], summary["after"]["eval/gold_greedy"]
-    assert after >= before + 0.05, (before, after)
+    assert after >= before + 0.1, (before, after)
     assert read_jsonl(out / "metrics.jsonl")[1]["objective/kl"] == 0.0  # row 0 is the eval
     saved = json.loads((out / "summary.json").read_text())
     assert saved["after"]["eval/gold_greedy"] == after

@@ -241,34 +241,38 @@ def test_tiny_recipes_and_flags_load():
 
 # ---- runs ----------------------------------------------------------------------------------------
 
-# (method, config class, overrides, metric that must grow, by at least)
+# (method, config class, overrides, held-out metric that must grow, by at least). Measured on a
+# 2-core machine: dpo margin 0 -> 0.19, ipo 0 -> 0.10, simpo margin +0.34, cpo accuracy +0.11,
+# cpo_simpo margin +0.28, orpo margin +0.13; the bounds are about half of that.
 LEARNING = [
-    ("dpo", DPOConfig, {}, "eval/rewards/margin", 0.05),
+    ("dpo", DPOConfig, {}, "eval/rewards/margin", 0.1),
     ("ipo", DPOConfig, {"loss_type": ["ipo"], "beta": 0.5}, "eval/rewards/margin", 0.05),
-    ("simpo", SimPOConfig, {}, "eval/rewards/accuracy", 0.05),
+    ("simpo", SimPOConfig, {}, "eval/rewards/margin", 0.15),
     ("cpo", CPOConfig, {}, "eval/rewards/accuracy", 0.05),
-    ("cpo_simpo", CPOConfig, {"loss_type": "simpo", "beta": 2.0}, "eval/rewards/accuracy", 0.05),
-    ("orpo", ORPOConfig, {}, "eval/rewards/accuracy", 0.05),
+    ("cpo_simpo", CPOConfig, {"loss_type": "simpo", "beta": 2.0}, "eval/rewards/margin", 0.15),
+    ("orpo", ORPOConfig, {}, "eval/rewards/margin", 0.06),
 ]
 
 
-@pytest.mark.parametrize(("name", "cls", "extra", "metric", "margin"), LEARNING)
-def test_short_run_moves_held_out_preferences(tmp_path, tiny_sft, name, cls, extra, metric, margin):
-    """30 steps of 8 pairs from the tiny SFT model (seed 1234) raise the held-out (64 pairs)
-    preference metric by the stated margin: the implicit-reward margin for reference-based methods
-    (0 before training), the preference accuracy for reference-free ones."""
+@pytest.mark.parametrize(("name", "cls", "kw", "metric", "by"), LEARNING)
+def test_short_run_moves_held_out_preferences(tmp_path, tiny_sft, name, cls, kw, metric, by):
+    """30 steps of 8 pairs at lr 5e-4 from the tiny SFT model (seed 1234) raise the held-out
+    (64 pairs) preference metric by the stated amount: the implicit-reward margin (0 before
+    training for the reference-based DPO and IPO) or the preference accuracy."""
     overrides = {
         **QUIET,
-        **extra,
+        **kw,
         "model_name_or_path": str(tiny_sft),
         "output_dir": str(tmp_path / name),
+        "learning_rate": 5e-4,
         "max_steps": 30,
         "per_device_train_batch_size": 8,
         "max_eval_samples": 64,
     }
     summary = run(load_config(cls, overrides=overrides))
     before, after = summary["before"][metric], summary["after"][metric]
-    assert after - before >= margin, (name, before, after)
+    assert after - before >= by, (name, before, after)
+    assert summary["after"]["eval/rewards/accuracy"] >= 0.6
     assert summary["steps"] == 30
 
 

@@ -204,6 +204,7 @@ def test_lora_trains_head_and_adapters_only(tmp_path, tiny_base, tok):
     assert not torch.equal(saved[q], init[q])
 
 
+@pytest.mark.slow
 def test_resume_continues_to_the_same_weights(tmp_path):
     """Constant LR: 4 steps straight == 2 steps (checkpoint) + resume to 4, weight for weight."""
     from safetensors.torch import load_file
