@@ -63,6 +63,7 @@ def test_batch_plan_arithmetic():
         ({"dual_clip": 0.5}, "dual_clip"),
         ({"max_new_tokens": 100}, "exceeds max_seq_len"),
         ({"ppo_epochs": 0}, "ppo_epochs"),
+        ({"critic_lr_scheduler_type": "step"}, "critic_lr_scheduler_type"),
     ],
 )
 def test_invalid_configs_are_explained(overrides, message):

@@ -47,6 +47,7 @@ from typing import Any
 import torch
 
 from simple_rlhf.config import (
+    DTYPES,
     ConfigError,
     DataArgs,
     LogArgs,
@@ -102,6 +103,10 @@ class PPOModelArgs:
     trust_remote_code: bool = fld(False, "allow custom modelling code shipped with a Hub model")
     dtype: str = fld("float32", "weights and compute dtype: float32, bfloat16 or float16")
     gradient_checkpointing: bool = fld(False, "recompute activations in backward (actor, critic)")
+
+    def __post_init__(self) -> None:
+        if self.dtype not in DTYPES:
+            raise ConfigError(f"dtype: {self.dtype!r} is not one of {', '.join(DTYPES)}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -236,6 +241,14 @@ def validate(cfg: PPOConfig) -> None:
         raise ConfigError(
             f"loss_aggregation: {p.loss_aggregation!r} is not one of {', '.join(AGGREGATIONS)}"
         )
+    schedules = ("linear", "cosine", "constant", "constant_with_warmup")
+    if p.critic_lr_scheduler_type is not None and p.critic_lr_scheduler_type not in schedules:
+        raise ConfigError(
+            f"critic_lr_scheduler_type: {p.critic_lr_scheduler_type!r} is not one of "
+            f"{', '.join(schedules)}"
+        )
+    if p.critic_learning_rate <= 0:
+        raise ConfigError("critic_learning_rate: must be > 0")
     if p.kl_coef < 0:
         raise ConfigError("kl_coef: must be >= 0")
     if p.adaptive_kl and (p.kl_target <= 0 or p.kl_horizon <= 0):
