@@ -186,3 +186,28 @@ def test_sampling_args_validation():
         SamplingArgs(max_new_tokens=0)
     with pytest.raises(ConfigError, match="top_p"):
         SamplingArgs(top_p=0.0)
+
+
+def test_model_generation_config_does_not_change_sampling(model, tok):
+    """A Hub model's generation_config.json may carry repetition_penalty, min_new_tokens, typical_p,
+    suppress_tokens...; none of them may reach the sampler (RL recomputes softmax(logits / T))."""
+    plain = generate(model, tok, prompts(tok), SAMPLED, seed=5)
+    g = model.generation_config
+    saved = {
+        k: getattr(g, k, None)
+        for k in (
+            "repetition_penalty",
+            "min_new_tokens",
+            "typical_p",
+            "suppress_tokens",
+            "no_repeat_ngram_size",
+        )
+    }
+    g.repetition_penalty, g.min_new_tokens, g.typical_p = 5.0, 6, 0.3
+    g.suppress_tokens, g.no_repeat_ngram_size = list(range(200)), 1
+    try:
+        polluted = generate(model, tok, prompts(tok), SAMPLED, seed=5)
+    finally:
+        for k, v in saved.items():
+            setattr(g, k, v)
+    assert torch.equal(plain.response_ids, polluted.response_ids)

@@ -124,6 +124,37 @@ def eos_token_ids(model: Any, tokenizer: PreTrainedTokenizerBase) -> list[int]:
     return sorted(i for i in ids if i is not None)
 
 
+# Every other option of HF ``generate`` that changes the next-token distribution, set to its
+# neutral value. transformers fills options left unset from the model's own generation_config.json
+# (many Hub models ship e.g. ``repetition_penalty`` or ``min_new_tokens``), which would silently make
+# the sampled distribution differ from ``softmax(logits / temperature)`` that RL recomputes.
+NEUTRAL_GENERATION: dict[str, Any] = {
+    "num_beams": 1,
+    "num_return_sequences": 1,
+    "repetition_penalty": 1.0,
+    "encoder_repetition_penalty": 1.0,
+    "no_repeat_ngram_size": 0,
+    "encoder_no_repeat_ngram_size": 0,
+    "min_length": 0,
+    "min_new_tokens": None,
+    "typical_p": 1.0,
+    "epsilon_cutoff": 0.0,
+    "eta_cutoff": 0.0,
+    "min_p": None,
+    "top_h": None,
+    "guidance_scale": None,
+    "sequence_bias": None,
+    "bad_words_ids": None,
+    "forced_bos_token_id": None,
+    "forced_eos_token_id": None,
+    "exponential_decay_length_penalty": None,
+    "suppress_tokens": None,
+    "begin_suppress_tokens": None,
+    "stop_strings": None,
+    "max_time": None,
+}
+
+
 @torch.no_grad()
 def generate(
     model: Any,
@@ -156,6 +187,7 @@ def generate(
         kwargs.update(temperature=sampling.temperature, top_p=sampling.top_p, top_k=sampling.top_k)
     else:
         kwargs.update(temperature=None, top_p=None, top_k=None)
+    kwargs.update(NEUTRAL_GENERATION)
     parts: list[Rollout] = []
     try:
         bs = sampling.generation_batch_size

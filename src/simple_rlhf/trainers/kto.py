@@ -31,7 +31,8 @@ A real model, LoRA::
     simple-rlhf kto --model-name-or-path outputs/opt-sft --data-path Dahoas/rm-static \\
         --lora-dim 64 --beta 0.1 --learning-rate 5e-6 --output-dir outputs/opt-kto
 
-Several GPUs: the same command under ``torchrun --nproc_per_node N``.
+Single process for now: the multi-GPU plumbing of ``trainers/sft.py`` (``infra/distributed.py``,
+``--zero-stage``) is not wired into this loop yet.
 """
 
 from __future__ import annotations
