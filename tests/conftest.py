@@ -40,7 +40,9 @@ def pytest_configure(config: pytest.Config) -> None:
     os.environ.setdefault("WANDB_MODE", "disabled")
     import torch
 
-    torch.set_num_threads(min(2, os.cpu_count() or 1))
+    # OMP_NUM_THREADS wins (1 is much faster on a machine shared with other jobs)
+    threads = int(os.environ.get("OMP_NUM_THREADS") or min(2, os.cpu_count() or 1))
+    torch.set_num_threads(threads)
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:

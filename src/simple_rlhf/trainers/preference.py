@@ -346,29 +346,35 @@ def orpo_objective(
     return loss, metrics
 
 
-@dataclasses.dataclass(frozen=True)
-class Method:
-    """How one config type trains: its args section, objective and whether it has a reference."""
-
-    name: str
-    args: Callable[[Any], Any]
-    objective: Callable[..., tuple[torch.Tensor, Metrics]]
-    uses_reference: Callable[[Any], bool]
-
-
 def _never(args: Any) -> bool:
     return False
 
 
+@dataclasses.dataclass(frozen=True)
+class Method:
+    """How one config type trains: its args section, objective (uniform signature
+    ``(args, policy [2B], reference [2B] | None, state, training) -> (loss, metrics)``), whether it
+    has a reference model and whether the reference log-probs are computed once before training."""
+
+    name: str
+    args: Callable[[Any], Any]
+    objective: Callable[..., tuple[torch.Tensor, Metrics]]
+    uses_reference: Callable[[Any], bool] = _never
+    precompute: Callable[[Any], bool] = _never
+
+
 METHODS: dict[type, Method] = {
-    DPOConfig: Method("dpo", lambda c: c.dpo, dpo_objective, lambda a: not a.reference_free),
-    SimPOConfig: Method("simpo", lambda c: c.simpo, simpo_objective, _never),
-    CPOConfig: Method("cpo", lambda c: c.cpo, cpo_objective, _never),
-    ORPOConfig: Method("orpo", lambda c: c.orpo, orpo_objective, _never),
+    DPOConfig: Method(
+        "dpo",
+        lambda c: c.dpo,
+        dpo_objective,
+        uses_reference=lambda a: not a.reference_free,
+        precompute=lambda a: a.precompute_ref_log_probs,
+    ),
+    SimPOConfig: Method("simpo", lambda c: c.simpo, simpo_objective),
+    CPOConfig: Method("cpo", lambda c: c.cpo, cpo_objective),
+    ORPOConfig: Method("orpo", lambda c: c.orpo, orpo_objective),
 }
-
-
-# ---- pieces shared with trainers/kto.py ------------------------------------------------------
 
 
 # ---- the pair trainer ------------------------------------------------------------------------
@@ -414,7 +420,7 @@ def run(cfg: DPOConfig | SimPOConfig | CPOConfig | ORPOConfig) -> dict[str, Any]
         raise ValueError("no training pairs left after length filtering: raise --max-seq-len")
     pad_id = tokenizer.pad_token_id
     eval_bs = cfg.optim.per_device_eval_batch_size
-    if reference is not None and getattr(args, "precompute_ref_log_probs", False):
+    if reference is not None and method.precompute(args):
         collate = functools.partial(collate_pairs, pad_id=pad_id)
         train = precompute_reference(reference, train, collate, eval_bs)
         evals = precompute_reference(reference, evals, collate, eval_bs)
