@@ -414,6 +414,7 @@ class OptimArgs:
     weight_decay: float = fld(0.0, "AdamW weight decay (not applied to biases and norms)")
     adam_beta1: float = fld(0.9, "AdamW beta1")
     adam_beta2: float = fld(0.95, "AdamW beta2")
+    adam_epsilon: float = fld(1e-8, "AdamW epsilon (added to the root of the second moment)")
     lr_scheduler_type: str = fld(
         "cosine", "learning-rate schedule: linear, cosine, constant or constant_with_warmup"
     )

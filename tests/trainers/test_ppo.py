@@ -206,17 +206,18 @@ def test_rm_reward_lora_ema_checkpoint_and_resume(tiny_sft, tiny_rm, tmp_path):
 
 @pytest.mark.slow
 def test_short_ppo_run_raises_gold(tiny_sft, tmp_path):
-    """Seed 1234, the tiny SFT fixture as actor (3 epochs: greedy gold only ~0.2), the gold reward
-    as the reward source, 10 rollouts of 32 prompts (actor lr 5e-4, kl_coef 0.05, critic lr
-    1e-4; ~15 CPU-seconds): the held-out greedy gold reward (32 prompts) rises by at least 0.1
-    (measured: 0.19 -> 0.38), and the first rollout's KL to the full-copy reference is 0."""
+    """Seed 1234, the tiny SFT fixture as actor, the gold reward as the reward source, 10 rollouts
+    of 32 prompts (actor lr 2e-4, kl_coef 0.05, critic lr 1e-4; ~20 CPU-seconds). On 32 held-out
+    prompts the greedy gold reward rises by at least 0.1 and the sampled one by at least 0.03
+    (measured greedy 0.80 -> 0.99 / 0.94 / 0.96 and sampled 0.76 -> 0.88 / 0.83 / 0.83 for seeds
+    1234 / 1 / 2), and the first rollout's KL to the full-copy reference is 0."""
     out = tmp_path / "ppo"
     summary = run(
         cfg_of(
             actor_model_name_or_path=str(tiny_sft),
             num_rollouts=10,
             prompts_per_rollout=32,
-            learning_rate=5e-4,
+            learning_rate=2e-4,
             kl_coef=0.05,
             critic_learning_rate=1e-4,
             gold_eval_prompts=32,
@@ -226,11 +227,12 @@ def test_short_ppo_run_raises_gold(tiny_sft, tmp_path):
             **{**QUIET, "report_to": ["jsonl"]},
         )
     )
-    before, after = summary["before"]["eval/gold_greedy"], summary["after"]["eval/gold_greedy"]
-    assert after >= before + 0.1, (before, after)
+    before, after = summary["before"], summary["after"]
+    assert after["eval/gold_greedy"] >= before["eval/gold_greedy"] + 0.1, (before, after)
+    assert after["eval/gold_sampled"] >= before["eval/gold_sampled"] + 0.03, (before, after)
     assert read_jsonl(out / "metrics.jsonl")[1]["objective/kl"] == 0.0  # row 0 is the eval
     saved = json.loads((out / "summary.json").read_text())
-    assert saved["after"]["eval/gold_greedy"] == after
+    assert saved["after"]["eval/gold_greedy"] == after["eval/gold_greedy"]
 
 
 def test_ptx_loss_is_token_mean_nll_of_the_labelled_tokens(tiny_base, tok):

@@ -124,7 +124,7 @@ def test_best_of_n_selection_and_jsonl_read_back(tmp_path, tiny_sft) -> None:
 def test_one_round_with_gold_raises_gold(tmp_path, tiny_sft) -> None:
     """Seed 1234: the tiny SFT model, 128 prompts x 8 samples scored by the gold reward, best kept,
     2 SFT epochs at lr 1e-3: the greedy gold on 64 held-out prompts rises by at least 0.05
-    (measured with the 6-epoch SFT model and 256 prompts: 0.755 -> 0.974); best-of-8 beats the
+    (measured with the 6-epoch SFT model: 0.755 -> 0.977); best-of-8 beats the
     sample mean."""
     cfg = load_config(
         RejectionSamplingConfig,

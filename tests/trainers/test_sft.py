@@ -54,6 +54,10 @@ def _one_step(tmp_path, name, bs, accum):
             "lr_scheduler_type": "constant",
             "max_eval_samples": 8,
             "max_grad_norm": 0.0,
+            # Adam's first step is lr*g/(|g|+eps): with eps 1 it is ~lr*g, linear in the gradient,
+            # so a mis-weighted micro-batch shows up and float noise near g=0 cannot flip a sign
+            "adam_epsilon": 1.0,
+            "learning_rate": 1.0,
         },
     )
     run(cfg)
@@ -67,9 +71,7 @@ def test_batch_8x1_equals_batch_2x4(tmp_path, tiny_base):
     b = _one_step(tmp_path, "b", 2, 4)
     base = weights_of_base()
     for k in a:
-        # Adam's first step is ~lr*sign(g): where g is ~0 the sign can flip on float noise, so
-        # compare with atol 1e-5 (lr 3e-3) and also check that the weights really moved
-        torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-6)
     assert max(float((a[k] - base[k]).abs().max()) for k in a) > 1e-3
 
 

@@ -304,7 +304,10 @@ def make_experience(
         "advantages/std": float(masked_var(raw_adv, mask).sqrt()),
         "rollout/response_len": float(lengths.mean()),
         "rollout/eos_rate": float(rollout.has_eos.float().mean()),
-        "rollout/empty_rate": float((lengths <= 1).float().mean()),
+        # empty = no token before EOS (or no token at all)
+        "rollout/empty_rate": float(
+            (((lengths == 1) & rollout.has_eos.to(lengths.device)) | (lengths == 0)).float().mean()
+        ),
     }
     if returns is not None and values is not None:
         metrics["critic/explained_variance"] = float(explained_variance(values, returns, mask))

@@ -35,7 +35,9 @@ def build_optimizer(model: torch.nn.Module, optim: Any, lora: Any | None = None)
         )
     if not params:
         raise ValueError("the model has no trainable parameters")
-    return torch.optim.AdamW(params, betas=(optim.adam_beta1, optim.adam_beta2))
+    return torch.optim.AdamW(
+        params, betas=(optim.adam_beta1, optim.adam_beta2), eps=optim.adam_epsilon
+    )
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, optim: Any, total_steps: int):
