@@ -33,6 +33,8 @@ def test_stage_defaults_and_flat_flags():
     assert cfg.lora.lora_dim == 8
     assert parse(["--data-path", "a.jsonl", "b.jsonl"]).data.data_path == ["a.jsonl", "b.jsonl"]
     assert parse(["--gradient-checkpointing"]).model.gradient_checkpointing is True
+    # a list flag with no values sets the empty list (e.g. no TensorBoard, no JSONL)
+    assert parse(["--report-to"]).log.report_to == []
 
 
 def test_yaml_nested_or_flat_and_flags_override(tmp_path):

@@ -291,8 +291,9 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
                 help=help_text,
             )
         elif typing.get_origin(inner) in (list, tuple):
+            # nargs "*": a list flag given with no values sets the empty list
             g.add_argument(
-                *flags, dest=f.name, nargs="+", default=argparse.SUPPRESS, help=help_text
+                *flags, dest=f.name, nargs="*", default=argparse.SUPPRESS, help=help_text
             )
         else:
             g.add_argument(
