@@ -98,3 +98,13 @@ def test_dry_run_prints_commands(tmp_path, capsys):
     run(cfg(tmp_path, dry_run=True))
     out = capsys.readouterr().out
     assert out.count("simple_rlhf") == 3 and " ppo " in out
+
+
+def test_bad_step_options_fail_before_any_step_runs(tmp_path):
+    """A typo meant for step 3 stops the run at once, naming the step and the closest option,
+    before step 1 has created anything."""
+    with pytest.raises(ConfigError, match=r"step 3 \(PPO\): .*unknown option 'kl_cof'.*kl_coef"):
+        run(cfg(tmp_path, set=["ppo.kl_cof=0.1"]))
+    with pytest.raises(ConfigError, match=r"step 1 \(SFT\): .*learning_rate: cannot read 'fast'"):
+        run(cfg(tmp_path, set=["sft.learning_rate=fast"]))
+    assert not step_dir(cfg(tmp_path), 1).exists()

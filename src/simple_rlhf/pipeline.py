@@ -36,6 +36,11 @@ STEP_DIRS = {1: "actor-sft", 2: "reward", 3: "actor-ppo"}
 STEP_COMMANDS = {1: "sft", 2: "reward", 3: "ppo"}
 STEP_NAMES = {1: "SFT", 2: "Reward model", 3: "PPO"}
 SECTION = {1: "sft", 2: "reward", 3: "ppo"}
+STEP_CONFIGS = {
+    1: ("simple_rlhf.trainers.sft", "SFTConfig"),
+    2: ("simple_rlhf.trainers.reward", "RewardConfig"),
+    3: ("simple_rlhf.trainers.ppo", "PPOConfig"),
+}
 DEPLOYMENTS = ("single_gpu", "single_node", "multi_node")
 
 HINTS = (
@@ -167,6 +172,21 @@ def check_inputs(cfg: PipelineConfig, step: int) -> None:
             )
 
 
+def check_options(cfg: PipelineConfig, step: int) -> None:
+    """Validate a step's options with its own config class before anything runs, so a typo in
+    ``--set ppo.…`` fails in a second, not after steps 1 and 2 have trained."""
+    import importlib
+
+    from simple_rlhf.config import load_config
+
+    module, name = STEP_CONFIGS[step]
+    config_cls = getattr(importlib.import_module(module), name)
+    try:
+        load_config(config_cls, overrides=step_options(cfg, step))
+    except ConfigError as e:
+        raise ConfigError(f"step {step} ({STEP_NAMES[step]}): {e}") from None
+
+
 class StepFailed(RuntimeError):
     """A pipeline step exited with an error."""
 
@@ -211,6 +231,9 @@ def run(cfg: PipelineConfig) -> dict[str, Any]:
     times: dict[str, float] = json.loads(times_file.read_text()) if times_file.exists() else {}
     for step in sorted(cfg.step):
         check_inputs(cfg, step)
+        if cfg.force or not is_done(step_dir(cfg, step)):
+            check_options(cfg, step)
+    for step in sorted(cfg.step):
         folder = step_dir(cfg, step)
         if is_done(folder) and not cfg.force:
             print(f"=== step {step}: {STEP_NAMES[step]}: reusing {folder} (--force to rerun)")
