@@ -66,10 +66,12 @@ def test_three_steps_run_report_and_reuse(tmp_path, tiny_base):
 @pytest.mark.slow
 def test_a_failing_step_names_itself_its_log_and_what_to_try(tmp_path, tiny_base):
     out = tmp_path / "rlhf"
-    res = train(out, "--step", "1", "--set", "sft.max_steps=2", "sft.max_seq_len=1")
+    # valid options (checked before anything runs), but no model at that path: fails at run time
+    res = train(out, "--step", "1", "--actor-model", str(tmp_path / "no-model"))
     assert res.returncode != 0
     text = res.stdout + res.stderr
     assert "step 1 (SFT) failed" in text
     assert str(out / "actor-sft" / "training.log") in text
     assert "what to try" in text
+    assert "no-model" in text  # the step's own error (the model path) is shown too
     assert not (out / "actor-sft" / "summary.json").exists()

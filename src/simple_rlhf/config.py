@@ -459,7 +459,11 @@ class LoraArgs:
         None, "learning rate of the LoRA weights (None: the main learning rate)"
     )
     merge_lora: bool = fld(True, "merge the adapter into the saved weights (else save the adapter)")
-    load_in_4bit: bool = fld(False, "QLoRA: load the frozen base in 4-bit NF4 (bitsandbytes)")
+    load_in_4bit: bool = fld(
+        False,
+        "QLoRA: load the frozen base in 4-bit NF4 (bitsandbytes); needs --lora-dim > 0, not with "
+        "ZeRO-3 yet; saved merged into the dequantised base as a full-precision model",
+    )
 
 
 @dataclasses.dataclass(frozen=True)

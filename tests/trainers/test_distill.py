@@ -4,6 +4,7 @@ vocabulary check, resume, and a short run that moves a fresh student towards its
 from __future__ import annotations
 
 import json
+import math
 import types
 
 import pytest
@@ -18,8 +19,10 @@ from simple_rlhf.trainers.distill import (
     DistillArgs,
     DistillConfig,
     VocabMismatchError,
+    accumulate_distill,
     check_same_vocab,
     distill_loss,
+    evaluate_divergence,
     is_on_policy,
     load_teacher,
     pack,
@@ -111,6 +114,49 @@ def test_prompt_and_padding_never_enter_the_loss() -> None:
     noisy[~expected] += 100 * torch.randn_like(noisy[~expected])
     loss2, _ = distill_loss(student, TableModel(noisy), rollout, args, vocab=V)
     torch.testing.assert_close(loss2, loss, rtol=0, atol=0)
+
+
+def test_accumulated_step_is_the_token_mean_over_the_whole_step() -> None:
+    """Micro-batch A has 4 response tokens (mean loss L_A), B has 1 (L_B): the step's loss is
+    (4 L_A + 1 L_B) / 5 and its gradient equals that of this token mean computed directly (not
+    the mean of the two micro-batch means, (L_A + L_B) / 2)."""
+    torch.manual_seed(1)
+    V = 11
+    s_logits, t_logits = torch.randn(2, 6, V), torch.randn(2, 6, V)
+    a = pack([([1, 2], [3, 4, EOS]), ([5, 6, 7], [8])], pad_id=0, eos_id=EOS)  # 3 + 1 tokens
+    b = pack([([1, 2, 3], [4])], pad_id=0, eos_id=EOS)  # 1 token
+    args = DistillArgs(beta=0.5)
+    student, teacher = TableModel(s_logits), TableModel(t_logits)
+    loss, tokens, _ = accumulate_distill(student, teacher, [a, b], args, vocab=V)
+    grad = student.table.grad.clone()
+    assert tokens == int(a.attention_mask.sum() + b.attention_mask.sum()) == 13
+    student.table.grad = None
+    la, _ = distill_loss(student, teacher, a, args, vocab=V)
+    lb, _ = distill_loss(student, teacher, b, args, vocab=V)
+    direct = (4 * la + lb) / 5
+    direct.backward()
+    assert loss == pytest.approx(float(direct.detach()), rel=1e-6)
+    assert abs(loss - float((la + lb).detach() / 2)) > 1e-3  # the two normalisations differ here
+    torch.testing.assert_close(grad, student.table.grad, rtol=1e-5, atol=1e-7)
+
+
+def test_held_out_metrics_by_hand() -> None:
+    """Student = teacher: JSD and forward KL are 0. NLL by hand: row 0 response [3, 4, EOS] read
+    at columns 2, 3, 4, row 1 response [8] at column 2, so
+    nll = -(log p[0,2,3] + log p[0,3,4] + log p[0,4,EOS] + log p[1,2,8]) / 4, perplexity exp(nll)."""
+    torch.manual_seed(2)
+    V = 11
+    logits = torch.randn(2, 6, V)
+    pairs = [([1, 2], [3, 4, EOS]), ([5, 6, 7], [8])]
+    model = TableModel(logits)
+    args = DistillArgs(beta=0.5)
+    out = evaluate_divergence(model, model, pairs, args, V, batch_size=2, pad_id=0, eos_id=EOS)
+    logp = logits.log_softmax(-1)
+    nll = -(logp[0, 2, 3] + logp[0, 3, 4] + logp[0, 4, EOS] + logp[1, 2, 8]) / 4
+    assert out["eval/distill_loss"] == pytest.approx(0.0, abs=1e-6)
+    assert out["eval/forward_kl"] == pytest.approx(0.0, abs=1e-6)
+    assert out["eval/nll"] == pytest.approx(float(nll), rel=1e-5)
+    assert out["eval/perplexity"] == pytest.approx(math.exp(float(nll)), rel=1e-5)
 
 
 def test_lmbda_coin_frequency_over_many_micro_batches() -> None:
@@ -239,3 +285,25 @@ def test_short_run_moves_fresh_student_towards_teacher(tmp_path, tiny_sft) -> No
     assert any("rollout/response_len" in r for r in rows)
     assert all(r["distill/loss"] >= 0 for r in rows if "distill/loss" in r)
     load_causal_lm(str(tmp_path), load_tokenizer(str(tmp_path)))
+
+
+def test_qlora_flag_reaches_the_student_not_the_teacher(tmp_path, tiny_sft, monkeypatch) -> None:
+    """With --lora-dim 8 --load-in-4bit the student is loaded with load_in_4bit=True and the
+    teacher with the default False (the loader is intercepted: no bitsandbytes needed)."""
+    import simple_rlhf.models.loading as loading
+
+    calls = []
+
+    class Stop(Exception):
+        pass
+
+    def spy(name, tokenizer=None, **kw):
+        calls.append(kw.get("load_in_4bit", False))
+        if len(calls) == 2:
+            raise Stop
+        return load_causal_lm(name, tokenizer)
+
+    monkeypatch.setattr(loading, "load_causal_lm", spy)
+    with pytest.raises(Stop):
+        run(_cfg(tmp_path, tiny_sft, lora_dim=8, load_in_4bit=True))
+    assert calls == [False, True]

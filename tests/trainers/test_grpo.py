@@ -53,6 +53,33 @@ def test_invalid_configs_are_explained(overrides, message):
         load(GRPOConfig, **overrides)
 
 
+def test_reward_funcs_empty_flag_and_none_alias():
+    """With an RM, `--reward-funcs` given no value ([]) and the alias 'none' both mean "no
+    function": one source (the RM), so one weight is accepted and two are refused. On the command
+    line the bare flag parses to []."""
+    import argparse
+
+    from simple_rlhf.config import add_config_arguments, config_from_args
+    from simple_rlhf.trainers.grpo import reward_funcs
+
+    for funcs in ([], ["none"], ["None"]):
+        cfg = load(GRPOConfig, reward_funcs=funcs, reward_model="rm-dir", reward_weights=[2.0])
+        assert reward_funcs(cfg) == []
+    with pytest.raises(ConfigError, match="2 weights for 1 reward sources"):
+        load(GRPOConfig, reward_funcs=[], reward_model="rm-dir", reward_weights=[1.0, 2.0])
+    parser = argparse.ArgumentParser()
+    add_config_arguments(parser, GRPOConfig)
+    args = parser.parse_args(["--reward-model", "rm-dir", "--reward-funcs"])
+    assert config_from_args(GRPOConfig, args).reward.reward_funcs == []
+
+
+def test_qlora_needs_lora():
+    """load_in_4bit without LoRA adapters (nothing could train) is refused at config time."""
+    with pytest.raises(ConfigError, match="load_in_4bit"):
+        load(GRPOConfig, load_in_4bit=True)
+    assert load(GRPOConfig, load_in_4bit=True, lora_dim=4).lora.load_in_4bit
+
+
 def test_stage_defaults():
     """One loop, three configs differing in defaults; REINFORCE++ allows K = 1 (batch baseline)."""
     g, r = load(GRPOConfig), load(RLOOConfig)

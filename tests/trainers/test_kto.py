@@ -8,13 +8,14 @@ import pytest
 
 from simple_rlhf.config import ConfigError, load_config
 from simple_rlhf.data.tokenize import IGNORE_INDEX
-from simple_rlhf.trainers.kto import KTOConfig, collate_unpaired, run
+from simple_rlhf.trainers.kto import KTOConfig, collate_unpaired, mismatch_partner, run
 
 QUIET = {"report_to": ["none"], "progress_bar": False, "gold_eval_prompts": 0}
 
 
 def test_mismatched_batch_shifts_completions_by_one():
-    """Prompt i is paired with completion i-1 (mod B); labels mask the prompt; pad id 0.
+    """B = 3 (odd: the last three rotate, i.e. prompt i gets completion i-1 mod 3); labels mask
+    the prompt; pad id 0.
     Examples: ([1,2],[3]) good, ([4],[5,6]) bad, ([7],[8]) good ->
     matched rows 1 2 3 | 4 5 6 | 7 8; mismatched rows 1 2 8 | 4 3 | 7 5 6."""
     chunk = [
@@ -32,6 +33,22 @@ def test_mismatched_batch_shifts_completions_by_one():
     # completions are cut so prompt + completion fits max_len, keeping at least one token
     _, cut, _ = collate_unpaired(chunk, pad_id=0, max_len=2)
     assert cut["input_ids"].tolist() == [[1, 2, 8], [4, 3, 0], [7, 5, 0]]
+
+
+def test_mismatch_partners_swap_pairs_and_survive_even_slicing():
+    """n = 4: 0<->1, 2<->3; n = 5: 0<->1, then 2 <- 4, 3 <- 2, 4 <- 3; n = 1: itself. Each
+    partner differs from i (n > 1) and the map is a permutation; 8 examples split into slices of
+    4 (two ranks) or 2 get the same partners as the whole batch (offset by the slice start)."""
+    assert [mismatch_partner(i, 4) for i in range(4)] == [1, 0, 3, 2]
+    assert [mismatch_partner(i, 5) for i in range(5)] == [1, 0, 4, 2, 3]
+    assert mismatch_partner(0, 1) == 0
+    for n in range(2, 10):
+        partners = [mismatch_partner(i, n) for i in range(n)]
+        assert sorted(partners) == list(range(n)) and all(p != i for i, p in enumerate(partners))
+    whole = [mismatch_partner(i, 8) for i in range(8)]
+    for size in (2, 4):
+        sliced = [s + mismatch_partner(i, size) for s in range(0, 8, size) for i in range(size)]
+        assert sliced == whole
 
 
 def test_config_errors():

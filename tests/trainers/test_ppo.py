@@ -56,6 +56,8 @@ def test_batch_plan_arithmetic():
     ("overrides", "message"),
     [
         ({"reward_funcs": []}, "no reward"),
+        ({"reward_funcs": ["none"]}, "no reward"),
+        ({"load_in_4bit": True}, "load_in_4bit"),
         ({"prompts_per_rollout": 6, "per_device_train_batch_size": 4}, "multiple of the minibatch"),
         ({"reward_weights": [1.0, 2.0]}, "2 weights for 1 reward sources"),
         ({"kl_estimator": "k9"}, "kl_estimator"),
@@ -135,6 +137,33 @@ def test_batch8_accum1_equals_batch2_accum4(tiny_base, tok):
     assert am8["policy/loss"] == pytest.approx(am2["policy/loss"], abs=1e-5)
     assert am8["policy/grad_norm"] == pytest.approx(am2["policy/grad_norm"], rel=1e-4)
     assert cm8["critic/value_loss"] == pytest.approx(cm2["critic/value_loss"], abs=1e-5)
+
+
+def test_only_the_actor_is_loaded_in_4bit(tiny_base, tok, monkeypatch):
+    """QLoRA: ``load_in_4bit`` reaches the actor's ``load_causal_lm`` and nothing else; with LoRA
+    the reference is the adapter-disabled actor (None), the critic a full-precision model. (The
+    4-bit load itself is stubbed: bitsandbytes has no CPU kernels here.)"""
+    import dataclasses
+
+    from simple_rlhf.models import loading, lora
+    from simple_rlhf.models.lora import apply_lora
+    from simple_rlhf.trainers.ppo import load_models
+
+    seen = []
+
+    def fake_load(name, tokenizer, **kw):
+        seen.append(kw.pop("load_in_4bit", False))
+        return load_causal_lm(name, tokenizer, **kw)
+
+    def plain_lora(model, args, **kw):
+        return apply_lora(model, dataclasses.replace(args, load_in_4bit=False), **kw)
+
+    monkeypatch.setattr(loading, "load_causal_lm", fake_load)
+    monkeypatch.setattr(lora, "apply_lora", plain_lora)
+    cfg = cfg_of(actor_model_name_or_path=str(tiny_base), lora_dim=4, load_in_4bit=True)
+    actor, ref, critic = load_models(cfg, tok)
+    assert seen == [True] and ref is None and hasattr(actor, "disable_adapter")
+    assert all(p.dtype == torch.float32 for p in critic.parameters())
 
 
 class _noop_sched:  # noqa: N801 - a stand-in scheduler

@@ -124,8 +124,12 @@ def test_lora_disabled_reference_equals_base_model(sft_model):
 
 
 def test_setup_models_picks_the_reference(tiny_sft):
-    """LoRA with only adapters trained -> adapter-disabled reference (no copy); full fine-tuning
-    (with or without LoRA) -> a frozen copy; reference-free -> none."""
+    """LoRA with only adapters trained -> adapter-disabled reference (no second model); full
+    fine-tuning (with or without LoRA) -> a second, frozen load equal to the initial policy;
+    reference-free -> none."""
+    from simple_rlhf.config import DistArgs
+    from simple_rlhf.infra.distributed import init_distributed
+
     base = {"model_name_or_path": str(tiny_sft), **QUIET}
     cases = [
         ({"lora_dim": 4}, True, False),
@@ -133,15 +137,23 @@ def test_setup_models_picks_the_reference(tiny_sft):
         ({}, True, True),
         ({"reference_free": True}, False, None),
     ]
+    dist = init_distributed(DistArgs())
+    tok = load_tokenizer(str(tiny_sft))
     for extra, with_ref, has_copy in cases:
         cfg = load_config(DPOConfig, overrides={**base, **extra})
-        _, model, ref = preference.setup_models(cfg, with_ref)
+        models = preference.setup_models(cfg, dist, tok, with_ref)
+        ref = models.reference
         if has_copy is None:
-            assert ref is None
-        else:
-            assert (ref.frozen is not None) == has_copy
-            if has_copy:
-                assert not any(p.requires_grad for p in ref.frozen.parameters())
+            assert ref is None and models.ref_engine is None
+            continue
+        assert (ref.frozen is not None) == has_copy
+        if has_copy:
+            assert not any(p.requires_grad for p in ref.frozen.parameters())
+            assert not ref.frozen.training
+            if not extra:  # same weights as the (not yet trained) policy
+                policy = dict(models.model.named_parameters())
+                for name, p in ref.frozen.named_parameters():
+                    assert torch.equal(p, policy[name]), name
 
 
 # ---- objectives and the method table ----------------------------------------------------------
@@ -167,16 +179,25 @@ def test_weighted_mix_uses_each_loss_types_logprobs():
 
 
 def test_bco_delta_is_the_running_mean_of_training_rewards():
-    """bco_pair's δ: mean of every training batch's mean reward β·[c, r]; eval does not move it.
-    β = 1, batch 1: c = 1, r = -3 -> 0.5 (-1) = -1; batch 2: c = 2, r = 4 -> 3; δ = (-1 + 3)/2."""
+    """bco_pair's δ: mean of every training batch's mean reward β·[c, r], kept by
+    ``update_bco_delta`` from the objective's ``bco/reward_mean`` (the loop calls it in training
+    only). β = 1, batch 1: c = 1, r = -3 -> 0.5 (-1) = -1; batch 2: c = 2, r = 4 -> 3;
+    δ = (-1 + 3)/2 = 1. One process: the mean over ranks is the value itself."""
+    from simple_rlhf.config import DistArgs
+    from simple_rlhf.infra.distributed import Dist
+
     cfg = load_config(DPOConfig, overrides={"loss_type": ["bco_pair"], "beta": 1.0})
     zero = SeqLogps(torch.zeros(2), torch.zeros(2))
     state: dict = {}
-    dpo_objective(cfg.dpo, SeqLogps(torch.tensor([1.0, -3.0]), torch.zeros(2)), zero, state, True)
-    assert state["bco_delta"] == pytest.approx(-1.0, rel=1e-6)
-    dpo_objective(cfg.dpo, SeqLogps(torch.tensor([5.0, 5.0]), torch.zeros(2)), zero, state, False)
-    dpo_objective(cfg.dpo, SeqLogps(torch.tensor([2.0, 4.0]), torch.zeros(2)), zero, state, True)
-    assert state["bco_delta"] == pytest.approx(1.0, rel=1e-6)
+    one = Dist(DistArgs())
+    for c, r in [(1.0, -3.0), (2.0, 4.0)]:
+        _, m = dpo_objective(
+            cfg.dpo, SeqLogps(torch.tensor([c, r]), torch.zeros(2)), zero, state, True
+        )
+        preference.update_bco_delta(state, m, one)
+        if c == 1.0:
+            assert state["bco_delta"] == pytest.approx(-1.0, rel=1e-6)
+    assert state["bco_delta"] == pytest.approx(1.0, rel=1e-6) and state["bco_n"] == 2
 
 
 def test_every_config_type_has_one_method():
@@ -305,9 +326,11 @@ def test_resume_with_method_state_continues_exactly(tmp_path, tiny_sft):
         torch.testing.assert_close(wa[k], wb[k], rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_lora_precomputed_run_saves_a_merged_model(tmp_path, tiny_sft):
     """DPO with LoRA and precomputed reference log-probs (adapter disabled for the pass) runs and
-    saves a merged, loadable model whose weights moved."""
+    saves a merged, loadable model whose weights moved. (~35 s: the reference pass covers all
+    4000 training pairs.)"""
     from transformers import AutoModelForCausalLM
 
     out = tmp_path / "lora"
@@ -333,3 +356,32 @@ def test_lora_precomputed_run_saves_a_merged_model(tmp_path, tiny_sft):
         if "proj" in n
     ]
     assert max(moved) > 0
+
+
+def test_sharded_means_pad_equal_calls_and_zero_weight_padding():
+    """5 examples over 2 ranks, chunks of 2: rank 0 holds [0, 1, 2] -> calls on [0, 1], [2];
+    rank 1 holds [3, 4, pad 4] -> calls on [3, 4] (weight 2) and the padding [4] alone (weight 0).
+    Both ranks call ``fn`` twice (ZeRO-3 / collectives inside ``fn``). With ``fn`` = mean of the
+    chunk, summing both ranks' weighted sums gives (0 + 1 + 2 + 3 + 4) / 5 = 2 (the stub
+    collective returns its input, so each rank here reports its own part: rank 0 (0+1+2)/3 = 1,
+    rank 1 (3+4)/2 = 3.5)."""
+    from simple_rlhf.config import DistArgs
+    from simple_rlhf.infra.distributed import Dist
+    from simple_rlhf.trainers.preference_loop import MeanMetrics, sharded_means
+
+    parts = []
+    for rank in (0, 1):
+        calls: list[list[int]] = []
+
+        def fn(chunk, calls=calls):
+            calls.append(chunk)
+            return {"x": sum(chunk) / len(chunk)}
+
+        d = Dist(DistArgs(), rank=rank, world_size=2)
+        parts.append((sharded_means(d, list(range(5)), 2, fn)["x"], calls))
+    assert parts[0] == (1.0, [[0, 1], [2]])
+    assert parts[1] == (3.5, [[3, 4], [4]])
+    m = MeanMetrics()  # what the all-reduce adds up: weighted sums and weights of both ranks
+    m.add({"x": 1.0}, weight=3)
+    m.add({"x": 3.5}, weight=2)
+    assert m.pop()["x"] == pytest.approx(2.0, rel=1e-12)

@@ -16,6 +16,7 @@ from simple_rlhf.data.tiny_task import raw_records
 from simple_rlhf.data.tokenize import Limits, encode_prompts
 from simple_rlhf.models.loading import load_causal_lm, load_tokenizer
 from simple_rlhf.rollout.generate import SamplingArgs
+from simple_rlhf.rollout.rewards import CombinedReward
 from simple_rlhf.trainers.rejection_sampling import (
     RejectionSamplingArgs,
     RejectionSamplingConfig,
@@ -51,7 +52,8 @@ def test_round_prompts_take_the_next_ones_cycling() -> None:
 
 def test_reward_source_defaults_and_checks(tmp_path) -> None:
     """No RM and no function: tiny_gold on the tiny task, an error elsewhere; a file function is
-    weighted (2 x length of "abc" = 6); a weight count that does not match the sources fails."""
+    weighted (2 x length of "abc" = 6); a weight count that does not match the sources fails, and
+    so does LoRA without merging (each round's model is loaded again)."""
     p = [[{"role": "user", "content": "What color is each of these: sky?"}]]
     cfg = load_config(RejectionSamplingConfig)
     fn, name = reward_source(cfg)
@@ -69,6 +71,8 @@ def test_reward_source_defaults_and_checks(tmp_path) -> None:
             RejectionSamplingConfig,
             overrides={"reward_funcs": ["tiny_gold"], "reward_weights": [1, 2]},
         )
+    with pytest.raises(ConfigError, match="needs merge_lora"):
+        load_config(RejectionSamplingConfig, overrides={"lora_dim": 4, "merge_lora": False})
 
 
 def test_best_of_n_selection_and_jsonl_read_back(tmp_path, tiny_sft) -> None:
@@ -88,8 +92,9 @@ def test_best_of_n_selection_and_jsonl_read_back(tmp_path, tiny_sft) -> None:
 
     rs = RejectionSamplingArgs(num_samples=4, keep_worst=True)
     sampling = SamplingArgs(temperature=1.0, max_new_tokens=48)
+    reward = CombinedReward([("length", length_reward)])  # the shared interface, as run() builds
     sft_rows, pair_rows, metrics = sample_and_select(
-        policy, tok, prompts, length_reward, sampling, rs, seed=3
+        policy, tok, prompts, reward, sampling, rs, seed=3
     )
     assert len(seen["responses"]) == 24 and set(seen["fields"]) == {"chosen", "rejected"}
     assert len(sft_rows) == 6
@@ -101,6 +106,9 @@ def test_best_of_n_selection_and_jsonl_read_back(tmp_path, tiny_sft) -> None:
     for pair in pair_rows:
         assert len(pair["chosen"][0]["content"]) > len(pair["rejected"][0]["content"])
     assert metrics["rs/best_of_n_score"] >= metrics["rs/score_mean"]
+    mean_len = sum(len(t) for t in seen["responses"]) / 24  # one source of weight 1: same mean
+    assert metrics["reward/length_mean"] == pytest.approx(mean_len, rel=1e-6)
+    assert metrics["rs/score_mean"] == pytest.approx(mean_len, rel=1e-6)
 
     write_jsonl(tmp_path / "data.jsonl", sft_rows)
     write_jsonl(tmp_path / "pairs.jsonl", pair_rows)
@@ -123,9 +131,9 @@ def test_best_of_n_selection_and_jsonl_read_back(tmp_path, tiny_sft) -> None:
 @pytest.mark.slow
 def test_one_round_with_gold_raises_gold(tmp_path, tiny_sft) -> None:
     """Seed 1234: the tiny SFT model, 128 prompts x 8 samples scored by the gold reward, best kept,
-    2 SFT epochs at lr 1e-3: the greedy gold on 64 held-out prompts rises by at least 0.05
-    (measured with the 6-epoch SFT model: 0.755 -> 0.977); best-of-8 beats the
-    sample mean."""
+    2 SFT epochs at the default lr 3e-4: the greedy gold on 64 held-out prompts rises by at least
+    0.05 (measured, benchmarks/distill_results.md: 0.755 -> 0.979; best-of-8 gold 0.964 against
+    the sample mean 0.684); best-of-8 beats the sample mean."""
     cfg = load_config(
         RejectionSamplingConfig,
         overrides={

@@ -17,11 +17,13 @@ from simple_rlhf.trainers.reward import (
     RewardArgs,
     RewardConfig,
     backward_step,
+    run,
+)
+from simple_rlhf.trainers.reward_eval import (
     gold_metrics,
     pair_batch,
     pair_eval_metrics,
     rank,
-    run,
     score_examples,
     spearman,
 )
@@ -69,8 +71,12 @@ def test_gold_metrics_hand_values():
 def test_config_validation():
     with pytest.raises(ConfigError, match="loss_type"):
         RewardArgs(loss_type="hinge")
-    with pytest.raises(ConfigError, match="'pairwise' only"):
+    with pytest.raises(ConfigError, match="'pairwise'/'mixed' only"):
         RewardArgs(loss_type="dschat", center_coef=0.01)
+    with pytest.raises(ConfigError, match="token_loss_coef"):
+        RewardArgs(loss_type="mixed", token_loss_coef=-1.0)
+    cfg = load_config(RewardConfig, overrides={"zero_stage": 3, "offload": "all"})
+    assert (cfg.dist.zero_stage, cfg.dist.offload) == (3, "all")
     with pytest.raises(ConfigError, match="stats_reference"):
         RewardArgs(stats_reference="everything")
 
@@ -98,8 +104,9 @@ def _examples(tok, n: int, seed: int = 0) -> list[dict[str, list[int]]]:
 
 
 def test_identical_pair_gives_ln2_and_counts_as_a_tie(tiny_base, tok):
-    """chosen == rejected: both scores are equal, so -log σ(0) = ln 2 = 0.693147 for both losses
-    (dschat uses the last token only for identical sequences) and held-out accuracy 0."""
+    """chosen == rejected: both scores are equal, so -log σ(0) = ln 2 = 0.693147 for the pairwise
+    and dschat losses (dschat uses the last token only for identical sequences), (1 + λ) ln 2 =
+    1.386294 for mixed (λ = 1), and held-out accuracy 0."""
     torch.manual_seed(0)
     model = load_reward_model(str(tiny_base), tok).eval()
     ex = _examples(tok, 2)
@@ -111,17 +118,86 @@ def test_identical_pair_gives_ln2_and_counts_as_a_tie(tiny_base, tok):
         values = token_values(model, b["input_ids"], b["attention_mask"])
         for name in OBJECTIVES:
             loss, metrics = OBJECTIVES[name](values, b, RewardArgs(loss_type=name))
-            assert loss.item() == pytest.approx(math.log(2.0), rel=1e-6)
+            want = 2 * math.log(2.0) if name == "mixed" else math.log(2.0)
+            assert loss.item() == pytest.approx(want, rel=1e-6)
             assert metrics["accuracy"].item() == 0.0
     c, r = score_examples(model, same, 4, tok.pad_token_id)
     assert torch.equal(c, r)
     assert pair_eval_metrics(c, r)["eval/accuracy"] == 0.0
 
 
-@pytest.mark.parametrize("loss_type", ["pairwise", "dschat"])
+def test_head_values_through_the_wrapper_equal_token_values(tiny_base, tok):
+    """``head_values`` calls the model itself (a DDP wrapper's forward runs) and captures the head;
+    on a plain model and on a peft (LoRA + trainable head) model it gives the same ``[B, T]``
+    values as ``token_values`` (which calls the backbone directly), right or left padded
+    (atol 1e-6: same arithmetic, only the call path differs)."""
+    from simple_rlhf.config import LoraArgs
+    from simple_rlhf.models.forward import token_values
+    from simple_rlhf.models.lora import apply_lora
+    from simple_rlhf.models.reward import head_values
+
+    torch.manual_seed(0)
+    plain = load_reward_model(str(tiny_base), tok).eval()
+    lora = apply_lora(
+        load_reward_model(str(tiny_base), tok), LoraArgs(lora_dim=4), task_type="SEQ_CLS",
+        extra_trainable=["score"],
+    ).eval()  # fmt: skip
+    b = pair_batch(_examples(tok, 3), tok.pad_token_id)
+    ids, mask = b["input_ids"], b["attention_mask"]
+    left_ids = torch.stack(
+        [torch.roll(r, int((m == 0).sum())) for r, m in zip(ids, mask, strict=True)]
+    )
+    left_mask = torch.stack([torch.roll(m, int((m == 0).sum())) for m in mask])
+    with torch.no_grad():
+        for model in (plain, lora):
+            for i, m in ((ids, mask), (left_ids, left_mask)):
+                want = token_values(model, i, m)
+                got = head_values(model, i, m)
+                assert got.shape == i.shape
+                torch.testing.assert_close(got * m, want * m, rtol=0, atol=1e-6)
+
+
+def test_new_head_is_seeded_and_a_trained_head_is_kept(tiny_base, tok, tmp_path):
+    """``head_seed``: the new head is N(0, 0.02²) from its own generator, whatever the global RNG
+    did before; a saved RM keeps its trained head (nothing missing, nothing re-drawn)."""
+    from simple_rlhf.models.forward import score_head
+
+    heads = []
+    for global_seed in (1, 2):
+        torch.manual_seed(global_seed)
+        model = load_reward_model(str(tiny_base), tok, head_seed=7)
+        heads.append(score_head(model).weight.detach().clone())
+    torch.testing.assert_close(heads[0], heads[1], rtol=0, atol=0)
+    want = torch.randn(tuple(heads[0].shape), generator=torch.Generator().manual_seed(7)) * 0.02
+    torch.testing.assert_close(heads[0], want, rtol=0, atol=0)
+    with torch.no_grad():
+        score_head(model).weight.fill_(0.5)
+    model.save_pretrained(tmp_path / "rm")
+    tok.save_pretrained(tmp_path / "rm")
+    again = load_reward_model(str(tmp_path / "rm"), tok, head_seed=7)
+    assert torch.all(score_head(again).weight == 0.5)
+
+
+def test_mixed_objective_is_pairwise_plus_weighted_dschat(tiny_base, tok):
+    """mixed = pairwise + λ·dschat on the same values (λ = 0.5 here), metrics the pairwise ones."""
+    torch.manual_seed(0)
+    model = load_reward_model(str(tiny_base), tok).eval()
+    b = pair_batch(_examples(tok, 4, seed=1), tok.pad_token_id)
+    with torch.no_grad():
+        from simple_rlhf.models.forward import token_values
+
+        v = token_values(model, b["input_ids"], b["attention_mask"])
+    pw, m = OBJECTIVES["pairwise"](v, b, RewardArgs())
+    ds, _ = OBJECTIVES["dschat"](v, b, RewardArgs(loss_type="dschat"))
+    mixed, mm = OBJECTIVES["mixed"](v, b, RewardArgs(loss_type="mixed", token_loss_coef=0.5))
+    assert mixed.item() == pytest.approx(pw.item() + 0.5 * ds.item(), rel=1e-6)
+    assert mm["accuracy"].item() == m["accuracy"].item()
+
+
+@pytest.mark.parametrize("loss_type", ["pairwise", "dschat", "mixed"])
 def test_accumulation_matches_one_big_batch(tiny_base, tok, loss_type):
     """Gradients of 4 pairs in one micro-batch equal those of 2 x 2 accumulated (weights 1/2)."""
-    args = RewardArgs(loss_type=loss_type, center_coef=0.01 if loss_type == "pairwise" else 0.0)
+    args = RewardArgs(loss_type=loss_type, center_coef=0.01 if loss_type != "dschat" else 0.0)
     ex = _examples(tok, 4, seed=3)
     grads = []
     for chunks in ([ex], [ex[:2], ex[2:]]):
@@ -202,6 +278,24 @@ def test_lora_trains_head_and_adapters_only(tmp_path, tiny_base, tok):
     assert torch.equal(saved["model.embed_tokens.weight"], init["model.embed_tokens.weight"])
     q = "model.layers.0.self_attn.q_proj.weight"
     assert not torch.equal(saved[q], init[q])
+
+
+def test_qlora_rm_trains_and_saves_a_plain_classifier(tmp_path):
+    """QLoRA: the backbone's linear layers load as 4-bit NF4 (bitsandbytes), the head stays
+    float32 and trains with the LoRA adapters; 2 steps; the merged save (base dequantised +
+    adapters) loads as a plain float32 sequence classifier whose scores are finite."""
+    pytest.importorskip("bitsandbytes")
+    from transformers import AutoModelForSequenceClassification
+
+    with pytest.raises(ConfigError, match="lora-dim"):
+        run(_quick(tmp_path, "q0", max_steps=1, load_in_4bit=True))
+    summary = run(_quick(tmp_path, "q", max_steps=2, lora_dim=4, load_in_4bit=True))
+    assert summary["steps"] == 2
+    model = AutoModelForSequenceClassification.from_pretrained(tmp_path / "q")
+    assert model.score.weight.dtype == torch.float32
+    assert not any("lora" in n for n, _ in model.named_parameters())
+    scores = RewardScorer.load(str(tmp_path / "q")).score(["Q: name a colour."], ["red."])
+    assert math.isfinite(scores[0])
 
 
 @pytest.mark.slow

@@ -56,6 +56,25 @@ def is_peft(model: Any) -> bool:
     return hasattr(unwrap(model), "peft_config")
 
 
+QLORA_FILE = "qlora.json"
+
+
+def _qlora_base(model: Any) -> dict[str, Any] | None:
+    """For a peft model on a 4-bit base: {"base_model_name_or_path", "load_in_4bit", ...}."""
+    from simple_rlhf.models.loading import is_quantized
+
+    if not is_peft(model) or not is_quantized(model):
+        return None
+    hf = model.get_base_model()
+    qcfg = getattr(hf.config, "quantization_config", None)
+    quant = qcfg.to_dict() if hasattr(qcfg, "to_dict") else dict(qcfg or {})
+    return {
+        "base_model_name_or_path": hf.config._name_or_path,
+        "load_in_4bit": True,
+        "quantization_config": quant,
+    }
+
+
 def save_hf_model(
     model: Any,
     tokenizer: Any,
@@ -70,11 +89,24 @@ def save_hf_model(
     temporary folder first and its files are renamed into place one by one, weights last.
     Merging is done on the live model (``merge_and_unload``), so call it with ``merge_lora=True``
     only when training is over; mid-run saves keep the adapter.
+    QLoRA (a 4-bit base): merging writes a plain full-precision model, the NF4 base dequantised
+    plus the adapters (:func:`simple_rlhf.models.lora.dequantized_merged`); the adapter alone is
+    saved with ``qlora.json`` naming the 4-bit base, which
+    :func:`simple_rlhf.models.loading.load_causal_lm` uses to rebuild the same model.
     ``extra_json`` maps file names to JSON-serialisable objects written beside the weights.
     """
     model = unwrap(model)
-    if is_peft(model) and merge_lora:
+    qlora = _qlora_base(model)
+    if qlora is not None and merge_lora:
+        from simple_rlhf.models.lora import dequantized_merged
+
+        model = dequantized_merged(model)  # 4-bit base dequantised + adapters: plain weights
+        qlora = None
+    elif is_peft(model) and merge_lora:
         model = model.merge_and_unload()
+    extra = dict(extra_json or {})
+    if qlora is not None:  # adapter of a 4-bit base: how to rebuild the base it was trained on
+        extra[QLORA_FILE] = qlora
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -83,11 +115,12 @@ def save_hf_model(
         model.save_pretrained(tmp, safe_serialization=True)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
-        for name, obj in (extra_json or {}).items():
+        for name, obj in extra.items():
             (tmp / name).write_text(json.dumps(obj, indent=2, ensure_ascii=False, default=str))
         # Only renames from here on: the folder holds either the old or the new copy of each
         # file. Weights files of another kind (adapter vs merged) from an earlier save go away.
-        for stale in ("model.safetensors", "adapter_model.safetensors", "adapter_config.json"):
+        stale_files = ("model.safetensors", "adapter_model.safetensors", "adapter_config.json")
+        for stale in (*stale_files, QLORA_FILE):
             if (out / stale).exists() and not (tmp / stale).exists():
                 (out / stale).unlink()
         for f in sorted(tmp.iterdir(), key=lambda p: p.name.endswith(".safetensors")):
@@ -122,7 +155,7 @@ def save_checkpoint(
 
     def write(tmp: Path) -> None:
         for name, m in models.items():
-            sd = {k: v.detach().contiguous().cpu() for k, v in unwrap(m).state_dict().items()}
+            sd = {k: v.detach().contiguous().cpu() for k, v in _model_state(m).items()}
             save_file(_dedupe_shared(sd), str(tmp / f"{name}.safetensors"))
         torch.save(
             {
@@ -138,6 +171,36 @@ def save_checkpoint(
     for old in sorted(_checkpoints(root), key=_step_of)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return path
+
+
+def _model_state(model: Any) -> dict[str, Any]:
+    """What a checkpoint keeps of a model: its whole state, or for a 4-bit (QLoRA) model only the
+    trainable tensors: the frozen NF4 base is rebuilt exactly by loading the base again (NF4
+    quantisation is deterministic), and its packed weights and quantisation state do not load
+    back through ``load_state_dict``."""
+    from simple_rlhf.models.loading import is_quantized
+
+    model = unwrap(model)
+    if is_quantized(model):
+        return {k: p for k, p in model.named_parameters() if p.requires_grad}
+    return model.state_dict()
+
+
+def _load_model_state(model: Any, state: Mapping[str, Any]) -> None:
+    from simple_rlhf.models.loading import is_quantized
+
+    model = unwrap(model)
+    if not is_quantized(model):
+        model.load_state_dict(state)
+        return
+    trainable = {k for k, p in model.named_parameters() if p.requires_grad}
+    if set(state) != trainable:
+        raise RuntimeError(
+            "checkpoint of a 4-bit model does not match its trainable parameters: "
+            f"missing {sorted(trainable - set(state))[:3]}, unexpected "
+            f"{sorted(set(state) - trainable)[:3]}"
+        )
+    model.load_state_dict(state, strict=False)
 
 
 def _dedupe_shared(sd: dict[str, Any]) -> dict[str, Any]:
@@ -185,7 +248,7 @@ def load_checkpoint(
 
     path = Path(path)
     for name, m in models.items():
-        unwrap(m).load_state_dict(load_file(str(path / f"{name}.safetensors")))
+        _load_model_state(m, load_file(str(path / f"{name}.safetensors")))
     blob = torch.load(path / "trainer.pt", weights_only=False)
     for k, o in (optimizers or {}).items():
         o.load_state_dict(blob["optimizers"][k])

@@ -83,7 +83,10 @@ def load_checkpoint(path: str | Path, engines: Mapping[str, Any]) -> dict[str, A
 
     for name, e in engines.items():
         if e.kind == "ds":
-            e.model.load_checkpoint(str(path), tag=name)
+            # a 4-bit (QLoRA) base keeps quantisation state tensors the checkpoint does not hold
+            # (the base is rebuilt exactly at load); everything trainable is still restored
+            quantized = any(type(p).__name__ == "Params4bit" for p in e.module.parameters())
+            e.model.load_checkpoint(str(path), tag=name, load_module_strict=not quantized)
         else:
             blob = torch.load(path / f"{name}.pt", weights_only=False)
             e.module.load_state_dict(blob["model"])

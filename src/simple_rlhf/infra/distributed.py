@@ -269,11 +269,16 @@ def _leave_together_at_exit() -> None:
     atexit.register(shutdown)
 
 
+def _is_4bit(p: torch.Tensor) -> bool:
+    return type(p).__name__ == "Params4bit" and getattr(p, "quant_state", None) is not None
+
+
 def count_parameters(model: torch.nn.Module) -> tuple[int, int]:
-    """(all, trainable) parameters, at full size also under ZeRO-3 (``ds_numel``)."""
+    """(all, trainable) parameters, at full size also under ZeRO-3 (``ds_numel``) and for
+    bitsandbytes 4-bit weights (two values packed per byte: counted unpacked)."""
     total = trainable = 0
     for p in model.parameters():
-        n = getattr(p, "ds_numel", p.numel())
+        n = int(p.quant_state.shape.numel()) if _is_4bit(p) else getattr(p, "ds_numel", p.numel())
         total += n
         trainable += n if p.requires_grad else 0
     return total, trainable
@@ -296,13 +301,44 @@ class Plan:
     def loading(self) -> contextlib.AbstractContextManager:
         """Wrap model loading: the global RNG is left where it was. A ZeRO-3 load draws random
         numbers (transformers re-creates the partitioned embeddings when it resizes them) that a
-        single-process load does not, so without this LoRA adapters would start elsewhere."""
+        single-process load does not, so without this LoRA adapters would start elsewhere.
+        Transformers also sees this plan's ZeRO-3 setting (:meth:`hf_current`)."""
         devices = [self.dist.local_rank] if self.dist.device.type == "cuda" else []
-        return torch.random.fork_rng(devices=devices)
+        stack = contextlib.ExitStack()
+        stack.enter_context(torch.random.fork_rng(devices=devices))
+        stack.enter_context(self.hf_current())
+        return stack
+
+    @contextlib.contextmanager
+    def hf_current(self) -> Iterator[None]:
+        """Inside the block transformers sees this plan's ZeRO-3 setting (partition at load,
+        ``generate(synced_gpus=...)``), not that of the last ZeRO-3 plan made: needed when models
+        of one run have different stages (PPO's actor and critic). No-op without DeepSpeed."""
+        if self.ds_config is None and self.dist.backend is None:
+            yield
+            return
+        from transformers.integrations import deepspeed as hf_ds
+
+        previous = hf_ds._hf_deepspeed_config_weak_ref
+        if self.hf_ds_config is not None:
+            hf_ds.set_hf_deepspeed_config(self.hf_ds_config)
+        else:
+            hf_ds.unset_hf_deepspeed_config()
+        try:
+            yield
+        finally:
+            hf_ds._hf_deepspeed_config_weak_ref = previous
 
     def wrap(self, model: Any, optimizer: Any, scheduler: Any) -> Engine:
         """Plain model (one process), DDP (several, no DeepSpeed) or ``deepspeed.initialize``."""
         d = self.dist
+        if self.zero_stage == 3 and any(_is_4bit(p) for p in model.parameters()):
+            from simple_rlhf.config import ConfigError
+
+            raise ConfigError(
+                "load_in_4bit (QLoRA) cannot be saved from ZeRO-3 yet; use --zero-stage 0, 1 or 2 "
+                "(only the small adapters train, so stage 3 gains little) or drop --load-in-4bit"
+            )
         if self.ds_config is not None:
             import deepspeed
 

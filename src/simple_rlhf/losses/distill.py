@@ -20,6 +20,7 @@ beta = 0 and beta = 1 are the limits of ``JSD_beta / beta`` and ``JSD_beta / (1 
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 
@@ -119,50 +120,14 @@ def generalized_jsd(
 
 
 def forward_kl(
-    student_logits: torch.Tensor,
-    teacher_logits: torch.Tensor,
-    mask: torch.Tensor,
-    *,
-    temperature: float = 1.0,
-    aggregation: str = "token_mean",
-    agg_constant: float | None = None,
-    top_k: int | None = None,
-    teacher_indices: torch.Tensor | None = None,
+    student_logits: torch.Tensor, teacher_logits: torch.Tensor, mask: torch.Tensor, **kw: Any
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """``KL(p_T || p_S)`` per token (supervised KD): ``generalized_jsd(..., beta=0)``."""
-    return generalized_jsd(
-        student_logits,
-        teacher_logits,
-        mask,
-        beta=0.0,
-        temperature=temperature,
-        aggregation=aggregation,
-        agg_constant=agg_constant,
-        top_k=top_k,
-        teacher_indices=teacher_indices,
-    )
+    """``KL(p_T || p_S)`` per token (supervised KD): ``generalized_jsd(..., beta=0, **kw)``."""
+    return generalized_jsd(student_logits, teacher_logits, mask, beta=0.0, **kw)
 
 
 def reverse_kl(
-    student_logits: torch.Tensor,
-    teacher_logits: torch.Tensor,
-    mask: torch.Tensor,
-    *,
-    temperature: float = 1.0,
-    aggregation: str = "token_mean",
-    agg_constant: float | None = None,
-    top_k: int | None = None,
-    teacher_indices: torch.Tensor | None = None,
+    student_logits: torch.Tensor, teacher_logits: torch.Tensor, mask: torch.Tensor, **kw: Any
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """``KL(p_S || p_T)`` per token (mode seeking): ``generalized_jsd(..., beta=1)``."""
-    return generalized_jsd(
-        student_logits,
-        teacher_logits,
-        mask,
-        beta=1.0,
-        temperature=temperature,
-        aggregation=aggregation,
-        agg_constant=agg_constant,
-        top_k=top_k,
-        teacher_indices=teacher_indices,
-    )
+    """``KL(p_S || p_T)`` per token (mode seeking): ``generalized_jsd(..., beta=1, **kw)``."""
+    return generalized_jsd(student_logits, teacher_logits, mask, beta=1.0, **kw)

@@ -17,11 +17,14 @@ from typing import Any
 import torch
 
 from simple_rlhf.losses.reward import last_token_values
-from simple_rlhf.models.forward import token_values
+from simple_rlhf.models.forward import forward, score_head, token_values
 from simple_rlhf.models.loading import (
     ModelLoadError,
     _explain,
     _quiet_transformers,
+    bnb_config,
+    check_4bit_available,
+    keep_4bit_exact,
     load_tokenizer,
     resize_for_tokenizer,
     set_dropout,
@@ -40,12 +43,29 @@ def load_reward_model(
     dropout: float | None = None,
     trust_remote_code: bool = False,
     gradient_checkpointing: bool = False,
+    load_in_4bit: bool = False,
+    head_seed: int | None = None,
 ) -> Any:
-    """A sequence classifier with one output, from a causal LM (new head) or a saved RM."""
+    """A sequence classifier with one output, from a causal LM (new head) or a saved RM.
+
+    A new head (the checkpoint has none) is drawn from ``N(0, initializer_range²)`` with a
+    generator seeded by ``head_seed`` (when given) instead of the global RNG: the same head
+    however the model is loaded (ZeRO-3 builds it partitioned and draws other random numbers).
+
+    ``load_in_4bit`` (QLoRA): the backbone's linear layers become frozen 4-bit NF4 weights
+    (:func:`~simple_rlhf.models.loading.bnb_config`); the scalar head ``score`` stays in ``dtype``
+    and trainable (it is kept out of the quantisation). Train it through LoRA only.
+    """
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
     _quiet_transformers()
     path = resolve(name_or_path)
+    extra: dict[str, Any] = {}
+    if load_in_4bit:
+        check_4bit_available()
+        quant = bnb_config(dtype)
+        quant.llm_int8_skip_modules = ["score", "classifier"]  # the head stays full precision
+        extra["quantization_config"] = quant
     try:
         config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
         config.num_labels = 1
@@ -53,17 +73,48 @@ def load_reward_model(
             set_dropout(config, dropout)
         if tokenizer is not None:
             config.pad_token_id = tokenizer.pad_token_id
-        model = AutoModelForSequenceClassification.from_pretrained(
-            path, config=config, dtype=torch_dtype(dtype), trust_remote_code=trust_remote_code
+        model, info = AutoModelForSequenceClassification.from_pretrained(
+            path,
+            config=config,
+            dtype=torch_dtype(dtype),
+            trust_remote_code=trust_remote_code,
+            output_loading_info=True,
+            **extra,
         )
     except Exception as e:  # noqa: BLE001
         raise _explain("a reward model", name_or_path, e) from e
+    if load_in_4bit:
+        keep_4bit_exact(model)  # the same dequantise-then-matmul path in training and scoring
     if tokenizer is not None:
         resize_for_tokenizer(model, tokenizer)
+    head = score_head(model)
+    new_head = any(k.startswith(n) for k in info["missing_keys"] for n in ("score.", "classifier."))
+    if head_seed is not None and new_head:
+        init_head(head, std=getattr(model.config, "initializer_range", 0.02), seed=head_seed)
     if gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = False
     return model
+
+
+@torch.no_grad()
+def init_head(head: torch.nn.Module, std: float, seed: int) -> None:
+    """``weight ~ N(0, std²)`` from ``torch.Generator().manual_seed(seed)`` (float32 draw), bias 0;
+    under ZeRO-3 the full weight is set on rank 0 and re-partitioned (every rank draws alike)."""
+    import contextlib
+
+    params = [p for p in (head.weight, getattr(head, "bias", None)) if p is not None]
+    ctx: Any = contextlib.nullcontext()
+    if any(hasattr(p, "ds_id") for p in params):
+        import deepspeed
+
+        ctx = deepspeed.zero.GatheredParameters(params, modifier_rank=0)
+    with ctx:
+        w = head.weight
+        gen = torch.Generator().manual_seed(seed)
+        w.copy_((torch.randn(tuple(w.shape), generator=gen) * std).to(w.dtype))
+        if getattr(head, "bias", None) is not None:
+            head.bias.zero_()
 
 
 def sequence_scores(
@@ -71,6 +122,23 @@ def sequence_scores(
 ) -> torch.Tensor:
     """Raw scores ``[B]`` read at each row's last real token (left or right padding)."""
     return last_token_values(token_values(model, input_ids, attention_mask), attention_mask)
+
+
+def head_values(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """The scalar head at every position ``[B, T]`` (float32), computed by calling ``model``
+    itself (with padding-aware position ids), so a DDP / DeepSpeed wrapper runs its own forward
+    (DDP only synchronises the gradients of forwards it ran). The head's per-token output is
+    captured with a forward hook; the pooled ``logits`` HF returns are not used. Same values as
+    :func:`~simple_rlhf.models.forward.token_values` on an unwrapped model (tested)."""
+    captured: list[torch.Tensor] = []
+    handle = score_head(model).register_forward_hook(lambda _m, _i, out: captured.append(out))
+    try:
+        forward(model, input_ids, attention_mask)
+    finally:
+        handle.remove()
+    if len(captured) != 1:
+        raise RuntimeError(f"the scalar head ran {len(captured)} times in one forward")
+    return captured[0].squeeze(-1).float()
 
 
 def read_stats(path: str | Path) -> dict[str, float] | None:

@@ -146,3 +146,234 @@ def replace(cfg: Any, **changes: Any) -> Any:
     for head, sub in nested.items():
         flat[head] = replace(getattr(cfg, head), **sub)
     return dataclasses.replace(cfg, **flat)
+
+
+# ---- single-process trainer scaffolding (added for distill / rejection sampling; any trainer
+# without a distributed engine can compose these instead of repeating them) --------------------
+
+
+def load_run_tokenizer(model_args: Any) -> Any:
+    """The run's tokenizer: ``tokenizer_name_or_path`` if set, else the model's own."""
+    from simple_rlhf.models.loading import load_tokenizer
+
+    return load_tokenizer(
+        model_args.tokenizer_name_or_path or model_args.model_name_or_path,
+        trust_remote_code=model_args.trust_remote_code,
+    )
+
+
+def load_trained_lm(
+    model_args: Any,
+    tokenizer: Any,
+    lora: Any,
+    *,
+    name_or_path: str | None = None,
+    dropout: float | None = None,
+    apply_adapter: bool = True,
+) -> Any:
+    """The causal LM that trains: ``model_args`` (dtype, dropout, gradient checkpointing, remote
+    code), QLoRA's ``load_in_4bit`` from the LoRA section, then the LoRA adapter (if configured).
+
+    ``name_or_path`` overrides ``model_args.model_name_or_path``; ``dropout`` overrides
+    ``model_args.dropout``; ``apply_adapter=False`` loads (4-bit if asked) without adding LoRA,
+    e.g. a policy that only samples.
+    """
+    from simple_rlhf.models.loading import load_causal_lm
+    from simple_rlhf.models.lora import apply_lora
+
+    model = load_causal_lm(
+        name_or_path or model_args.model_name_or_path,
+        tokenizer,
+        dtype=model_args.dtype,
+        dropout=model_args.dropout if dropout is None else dropout,
+        trust_remote_code=model_args.trust_remote_code,
+        gradient_checkpointing=model_args.gradient_checkpointing and apply_adapter,
+        load_in_4bit=bool(getattr(lora, "load_in_4bit", False)),
+    )
+    return apply_lora(model, lora) if apply_adapter else model
+
+
+def load_frozen_lm(name_or_path: str, tokenizer: Any, model_args: Any) -> Any:
+    """A frozen causal LM (teacher, reference): run dtype, dropout off, eval mode, no grads."""
+    from simple_rlhf.models.loading import disable_dropout, load_causal_lm
+
+    model = load_causal_lm(
+        name_or_path,
+        tokenizer,
+        dtype=model_args.dtype,
+        dropout=0.0,
+        trust_remote_code=model_args.trust_remote_code,
+    )
+    disable_dropout(model)
+    return model.eval().requires_grad_(False)
+
+
+@dataclasses.dataclass
+class Training:
+    """What :func:`start_training` builds for a single-process loop."""
+
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    total_steps: int
+    logger: Any  # infra.logging.MetricsLogger
+
+
+def start_training(cfg: Any, model: torch.nn.Module, n_examples: int) -> Training:
+    """Optimiser, schedule, step count (``max_steps`` or epochs x steps per epoch), metrics logger
+    and the saved run config, from a stage config with ``optim``/``lora``/``log`` sections."""
+    from simple_rlhf.infra.logging import MetricsLogger
+
+    o, log = cfg.optim, cfg.log
+    per_epoch = steps_per_epoch(
+        n_examples, o.per_device_train_batch_size, o.gradient_accumulation_steps
+    )
+    total = o.max_steps or per_epoch * o.num_train_epochs
+    optimizer = build_optimizer(model, o, getattr(cfg, "lora", None))
+    scheduler = build_scheduler(optimizer, o, total)
+    logger = MetricsLogger(
+        log.output_dir, log.report_to, total_steps=total, progress_bar=log.progress_bar
+    )
+    save_run_config(log.output_dir, cfg)
+    return Training(optimizer, scheduler, total, logger)
+
+
+def resume_training(cfg: Any, model: Any, training: Training) -> dict[str, Any]:
+    """With ``--resume`` and a checkpoint in the output folder: restore model, optimiser,
+    schedule and RNG, and return the saved state (``step``, what the trainer stored, and
+    ``checkpoint``: its path); otherwise ``{}``."""
+    from simple_rlhf.infra.checkpoint import latest_checkpoint, load_checkpoint
+
+    ckpt = latest_checkpoint(cfg.log.output_dir) if cfg.log.resume else None
+    if ckpt is None:
+        return {}
+    state = load_checkpoint(
+        ckpt,
+        models={"model": model},
+        optimizers={"opt": training.optimizer},
+        schedulers={"lr": training.scheduler},
+    )
+    return {**state, "checkpoint": str(ckpt)}
+
+
+def save_training(
+    cfg: Any, step: int, model: Any, training: Training, state: dict[str, Any]
+) -> None:
+    """A resumable checkpoint that :func:`resume_training` reads back."""
+    from simple_rlhf.infra.checkpoint import save_checkpoint
+
+    save_checkpoint(
+        cfg.log.output_dir,
+        step,
+        models={"model": model},
+        optimizers={"opt": training.optimizer},
+        schedulers={"lr": training.scheduler},
+        state=state,
+    )
+
+
+def optimizer_step(model: torch.nn.Module, training: Training, max_grad_norm: float) -> float:
+    """Clip (and measure) the gradient norm, step the optimiser and schedule, clear gradients;
+    returns the pre-clipping norm."""
+    norm = grad_norm(model, max_grad_norm)
+    training.optimizer.step()
+    training.scheduler.step()
+    training.optimizer.zero_grad(set_to_none=True)
+    return norm
+
+
+def log_eval(
+    logger: Any, tag: str, name: str, step: int, metrics: dict[str, float]
+) -> dict[str, float]:
+    """Log evaluation metrics at ``step`` and print ``[tag] eval (name, step N): ...``."""
+    from simple_rlhf.infra.logging import format_metrics
+
+    logger.log(metrics, step)
+    logger.print(f"[{tag}] eval ({name}, step {step}): {format_metrics(metrics)}")
+    return metrics
+
+
+def finish_training(
+    model: Any, tokenizer: Any, cfg: Any, summary: dict[str, Any], logger: Any, tag: str
+) -> dict[str, Any]:
+    """Save the model (LoRA merged as configured) with ``summary.json``, print, close the
+    logger; returns ``summary``."""
+    from simple_rlhf.infra.checkpoint import save_hf_model
+
+    out_dir = cfg.log.output_dir
+    save_hf_model(
+        model,
+        tokenizer,
+        out_dir,
+        merge_lora=cfg.lora.merge_lora,
+        extra_json={"summary.json": summary},
+    )
+    seconds = summary.get("train_seconds")
+    took = f" ({seconds:.1f}s of training)" if isinstance(seconds, int | float) else ""
+    logger.print(f"[{tag}] saved the model to {out_dir}{took}")
+    logger.close()
+    return summary
+
+
+# ---- engine-based (distributed) trainer scaffolding: the SFT pattern of infra/distributed.py,
+# added for the preference trainers; any trainer wired to an Engine can compose these ----------
+
+
+def total_training_steps(optim: Any, n_examples: int, world_size: int = 1) -> int:
+    """``max_steps``, else epochs x optimiser steps per epoch for global batches of
+    ``per_device_train_batch_size x world_size`` examples (see :func:`steps_per_epoch`)."""
+    per_epoch = steps_per_epoch(
+        n_examples, optim.per_device_train_batch_size, optim.gradient_accumulation_steps, world_size
+    )
+    return optim.max_steps or per_epoch * optim.num_train_epochs
+
+
+def start_logger(cfg: Any, dist: Any, total_steps: int) -> Any:
+    """The metrics logger of a (possibly distributed) run: it writes and prints on rank 0 only,
+    which also saves the run config."""
+    from simple_rlhf.infra.logging import MetricsLogger
+
+    log = cfg.log
+    logger = MetricsLogger(
+        log.output_dir,
+        log.report_to,
+        total_steps=total_steps,
+        progress_bar=log.progress_bar,
+        enabled=dist.is_main,
+    )
+    if dist.is_main:
+        save_run_config(log.output_dir, cfg)
+    return logger
+
+
+def finish_engine_training(
+    engine: Any, tokenizer: Any, cfg: Any, summary: dict[str, Any], logger: Any, tag: str
+) -> dict[str, Any]:
+    """:func:`finish_training` for an ``infra.distributed.Engine``: every rank calls it; rank 0
+    writes the HF folder (gathered under ZeRO-3, LoRA merged as configured) with summary.json."""
+    engine.save_hf(
+        tokenizer,
+        cfg.log.output_dir,
+        merge_lora=cfg.lora.merge_lora,
+        extra_json={"summary.json": summary},
+    )
+    logger.print(f"[{tag}] saved the model and summary.json to {cfg.log.output_dir}")
+    logger.close()
+    return summary
+
+
+def load_base_lm(model_args: Any, tokenizer: Any, *, load_in_4bit: bool = False) -> Any:
+    """The causal LM a trainer will train, before any adapter: ``model_args`` (dtype, dropout,
+    gradient checkpointing, remote code) and QLoRA's 4-bit base if asked. Load it inside
+    ``plan.loading()`` and add LoRA afterwards (``models.lora.apply_lora``), so the adapter's
+    initialisation does not depend on how the load (e.g. ZeRO-3's partitioning) used the RNG."""
+    from simple_rlhf.models.loading import load_causal_lm
+
+    return load_causal_lm(
+        model_args.model_name_or_path,
+        tokenizer,
+        dtype=model_args.dtype,
+        dropout=model_args.dropout,
+        trust_remote_code=model_args.trust_remote_code,
+        gradient_checkpointing=model_args.gradient_checkpointing,
+        load_in_4bit=load_in_4bit,
+    )

@@ -37,8 +37,16 @@ A real model, LoRA (the reference is the base with the adapter disabled)::
     simple-rlhf dpo --model-name-or-path outputs/opt-sft --data-path Dahoas/rm-static \\
         --lora-dim 64 --beta 0.1 --learning-rate 5e-6 --output-dir outputs/opt-dpo
 
-Single process for now: the multi-GPU plumbing of ``trainers/sft.py`` (``infra/distributed.py``,
-``--zero-stage``) is not wired into this loop yet.
+Several GPUs (or CPU processes over gloo): the same command under a launcher, plain DDP or
+DeepSpeed ZeRO 0-3 with offload (see ``trainers/preference_loop.py``: each rank takes a disjoint
+slice of every global batch of ``per_device_train_batch_size x N`` pairs; N ranks x batch B equal
+one process with batch N x B; the reference is partitioned like the policy under ZeRO-3;
+precomputed reference log-probs are computed by all ranks, each on its shard)::
+
+    torchrun --nproc_per_node 8 -m simple_rlhf dpo --config configs/tiny/dpo.yaml --zero-stage 2
+    deepspeed --num_gpus 8 --module simple_rlhf dpo --zero-stage 3 --offload all ...
+
+``bco_pair``'s running reward mean δ is updated from the global micro-batch (all ranks).
 """
 
 from __future__ import annotations
@@ -53,6 +61,7 @@ import torch
 from simple_rlhf.config import (
     ConfigError,
     DataArgs,
+    DistArgs,
     LogArgs,
     LoraArgs,
     ModelArgs,
@@ -62,26 +71,30 @@ from simple_rlhf.config import (
 )
 from simple_rlhf.data.pipeline import load_encoded
 from simple_rlhf.data.tokenize import collate_pairs
+from simple_rlhf.infra.distributed import Dist, Engine, init_distributed
 from simple_rlhf.infra.seed import set_seed
 from simple_rlhf.losses.cpo import CPO_LOSS_TYPES, cpo_loss
 from simple_rlhf.losses.dpo import DPO_LOSSES, dpo_loss
 from simple_rlhf.losses.orpo import orpo_loss
 from simple_rlhf.losses.sft import sft_loss
 from simple_rlhf.losses.simpo import simpo_loss
+from simple_rlhf.trainers import common
 from simple_rlhf.trainers.pair_forward import (
     Reference,
     SeqLogps,
     batch_forward,
     cached_reference,
-    precompute_reference,
 )
 from simple_rlhf.trainers.preference_loop import (
     LossFn,
     Metrics,
     PreferenceTrainArgs,
+    build_engine,
     evaluate_loss,
     fit,
     gold_metrics,
+    optim_defaults,
+    precompute_sharded,
     setup_models,
 )
 
@@ -190,22 +203,18 @@ class ORPOArgs:
         _check_beta(self.orpo_lambda, "orpo_lambda")
 
 
-def _optim(**kw: Any) -> Callable[[], OptimArgs]:
-    base = {"num_train_epochs": 1, "per_device_train_batch_size": 16, "lr_scheduler_type": "linear"}
-    return lambda: OptimArgs(**{**base, **kw})
-
-
 @dataclasses.dataclass(frozen=True)
 class DPOConfig:
     """DPO and its loss family on preference pairs."""
 
     model: ModelArgs = section(ModelArgs)
     data: DataArgs = section(DataArgs)
-    optim: OptimArgs = section(_optim(learning_rate=1e-4))
+    optim: OptimArgs = section(optim_defaults(learning_rate=1e-4))
     lora: LoraArgs = section(LoraArgs)
     log: LogArgs = section(lambda: LogArgs(output_dir="outputs/dpo"))
     train: PreferenceTrainArgs = section(PreferenceTrainArgs)
     dpo: DPOArgs = section(DPOArgs)
+    dist: DistArgs = section(DistArgs)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -214,11 +223,12 @@ class SimPOConfig:
 
     model: ModelArgs = section(ModelArgs)
     data: DataArgs = section(DataArgs)
-    optim: OptimArgs = section(_optim(learning_rate=1e-4))
+    optim: OptimArgs = section(optim_defaults(learning_rate=1e-4))
     lora: LoraArgs = section(LoraArgs)
     log: LogArgs = section(lambda: LogArgs(output_dir="outputs/simpo"))
     train: PreferenceTrainArgs = section(PreferenceTrainArgs)
     simpo: SimPOArgs = section(SimPOArgs)
+    dist: DistArgs = section(DistArgs)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -227,11 +237,12 @@ class CPOConfig:
 
     model: ModelArgs = section(ModelArgs)
     data: DataArgs = section(DataArgs)
-    optim: OptimArgs = section(_optim(learning_rate=3e-4))
+    optim: OptimArgs = section(optim_defaults(learning_rate=3e-4))
     lora: LoraArgs = section(LoraArgs)
     log: LogArgs = section(lambda: LogArgs(output_dir="outputs/cpo"))
     train: PreferenceTrainArgs = section(PreferenceTrainArgs)
     cpo: CPOArgs = section(CPOArgs)
+    dist: DistArgs = section(DistArgs)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -240,11 +251,12 @@ class ORPOConfig:
 
     model: ModelArgs = section(ModelArgs)
     data: DataArgs = section(DataArgs)
-    optim: OptimArgs = section(_optim(learning_rate=1e-3))
+    optim: OptimArgs = section(optim_defaults(learning_rate=1e-3))
     lora: LoraArgs = section(LoraArgs)
     log: LogArgs = section(lambda: LogArgs(output_dir="outputs/orpo"))
     train: PreferenceTrainArgs = section(PreferenceTrainArgs)
     orpo: ORPOArgs = section(ORPOArgs)
+    dist: DistArgs = section(DistArgs)
 
 
 # ---- objectives: (method args, policy [2B], reference [2B] | None, state, training) ------------
@@ -284,11 +296,8 @@ def dpo_objective(
         metrics = metrics or dict(m)
         if len(a.loss_type) > 1:
             metrics[f"loss/{name}"] = term.detach()
-        if training and "bco/reward_mean" in m:  # running mean of all rewards seen (BCO's δ)
-            n = state.get("bco_n", 0)
-            delta = state.get("bco_delta", 0.0)
-            state["bco_delta"] = (delta * n + float(m["bco/reward_mean"])) / (n + 1)
-            state["bco_n"] = n + 1
+        if "bco/reward_mean" in m:  # the loop's update_bco_delta keeps BCO's running mean δ
+            metrics["bco/reward_mean"] = m["bco/reward_mean"]
     if a.rpo_alpha:
         nll = chosen_nll(pc)
         loss = loss + a.rpo_alpha * nll
@@ -346,6 +355,16 @@ def orpo_objective(
     return loss, metrics
 
 
+def update_bco_delta(state: dict[str, Any], metrics: Metrics, dist: Dist) -> None:
+    """BCO's δ: running mean of the mean reward of every training micro-batch seen so far, the
+    micro-batch taken over all ranks (mean of the ranks' means), so every rank holds the same δ.
+    Needs ``bco/reward_mean`` in ``metrics`` (a ``bco_pair`` loss type); a collective."""
+    (mean,) = dist.mean_metrics({"r": float(metrics["bco/reward_mean"])}).values()
+    n = state.get("bco_n", 0)
+    state["bco_delta"] = (state.get("bco_delta", 0.0) * n + mean) / (n + 1)
+    state["bco_n"] = n + 1
+
+
 def _never(args: Any) -> bool:
     return False
 
@@ -381,18 +400,22 @@ METHODS: dict[type, Method] = {
 
 
 def pair_loss_fn(
-    method: Method, args: Any, model: Any, reference: Reference | None, pad_id: int, state: dict
+    method: Method, args: Any, engine: Engine, reference: Reference | None, pad_id: int, state: dict
 ) -> LossFn:
-    """``examples -> (loss, metrics)``: one concatenated forward, reference log-probs from the
-    examples' precomputed values or from ``reference``, then the method's objective."""
+    """``examples -> (loss, metrics)``: reference log-probs from the examples' precomputed values
+    or from ``reference`` (no grad, first: ZeRO-3 sees one forward per backward), then one
+    concatenated policy forward — through ``engine.model`` when training (the DDP / DeepSpeed
+    wrapper, so gradients synchronise), the raw module otherwise — then the method's objective."""
 
     def loss_fn(chunk: list[dict[str, Any]], training: bool) -> tuple[torch.Tensor, Metrics]:
-        batch = collate_pairs(chunk, pad_id)  # [2B, T], chosen rows first
-        policy = batch_forward(model, batch)  # [2B]
+        batch = engine.dist.to_device(collate_pairs(chunk, pad_id))  # [2B, T], chosen rows first
         ref = cached_reference(chunk)
         if ref is None and reference is not None:
             ref = reference.logps(batch)
+        policy = batch_forward(engine.model if training else engine.module, batch)  # [2B]
         loss, metrics = method.objective(args, policy, ref, state, training)
+        if training and "bco/reward_mean" in metrics:
+            update_bco_delta(state, metrics, engine.dist)
         chosen, rejected = policy.halves()
         metrics["logits/chosen"] = chosen.logits_mean.mean()
         metrics["logits/rejected"] = rejected.logits_mean.mean()
@@ -411,26 +434,30 @@ def run(cfg: DPOConfig | SimPOConfig | CPOConfig | ORPOConfig) -> dict[str, Any]
         )
     args = method.args(cfg)
     # ---- setup ----
-    set_seed(cfg.optim.seed)
-    tokenizer, model, reference = setup_models(cfg, method.uses_reference(args))
+    dist = init_distributed(cfg.dist)  # one process: no process group, nothing changes
+    set_seed(cfg.optim.seed)  # the same on every rank: model and LoRA initialisation agree
     step = cfg.train.data_step
-    train, train_stats = load_encoded(tokenizer, cfg.data, "pair", step=step, split="train")
-    evals, _ = load_encoded(tokenizer, cfg.data, "pair", step=step, split="eval")
+    with dist.main_first():  # the node's main rank builds the tiny model / data cache first
+        tokenizer = common.load_run_tokenizer(cfg.model)
+        train, train_stats = load_encoded(tokenizer, cfg.data, "pair", step=step, split="train")
+        evals, _ = load_encoded(tokenizer, cfg.data, "pair", step=step, split="eval")
     if not train:
         raise ValueError("no training pairs left after length filtering: raise --max-seq-len")
-    pad_id = tokenizer.pad_token_id
+    models = setup_models(cfg, dist, tokenizer, method.uses_reference(args))
+    engine, total_steps = build_engine(cfg, dist, models, len(train))
+    reference, pad_id = models.reference, tokenizer.pad_token_id
     eval_bs = cfg.optim.per_device_eval_batch_size
-    if reference is not None and method.precompute(args):
+    if reference is not None and method.precompute(args):  # after wrapping: ZeRO-3 can run it
         collate = functools.partial(collate_pairs, pad_id=pad_id)
-        train = precompute_reference(reference, train, collate, eval_bs)
-        evals = precompute_reference(reference, evals, collate, eval_bs)
-        reference = None  # the cache replaces it; a frozen copy is freed here
+        train = precompute_sharded(dist, reference, train, collate, eval_bs)
+        evals = precompute_sharded(dist, reference, evals, collate, eval_bs)
+        reference = models.reference = models.ref_engine = None  # the cache replaces them
     state: dict[str, Any] = {}
-    loss_fn = pair_loss_fn(method, args, model, reference, pad_id, state)
+    loss_fn = pair_loss_fn(method, args, engine, reference, pad_id, state)
 
     def evaluate() -> dict[str, float]:
-        metrics = evaluate_loss(model, loss_fn, evals, eval_bs) if evals else {}
-        metrics.update(gold_metrics(cfg, model, tokenizer))
+        metrics = evaluate_loss(engine, loss_fn, evals, eval_bs) if evals else {}
+        metrics.update(gold_metrics(cfg, engine, tokenizer))
         return metrics
 
     if not method.uses_reference(args):
@@ -441,6 +468,8 @@ def run(cfg: DPOConfig | SimPOConfig | CPOConfig | ORPOConfig) -> dict[str, Any]
         f"train pairs (step {step}): {train_stats.describe()}; eval pairs: {len(evals)}; "
         f"reference: {ref_kind}"
     )
-    summary = fit(cfg, method.name, model, tokenizer, train, loss_fn, evaluate, state, header)
+    summary = fit(
+        cfg, method.name, engine, total_steps, tokenizer, train, loss_fn, evaluate, state, header
+    )
     summary["eval_examples"] = len(evals)
     return summary

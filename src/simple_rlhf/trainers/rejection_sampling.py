@@ -5,10 +5,12 @@ Variant (the "RAFT" / expert-iteration / Llama-2 rejection-sampling recipe): eac
 1. takes the next ``--max-prompts`` prompts (kind "prompt", ``--data-step``, default 3);
 2. samples ``--num-samples`` N responses per prompt from the current policy with the one generation
    engine (``rollout/generate.py``; prompts repeated N times, seeded);
-3. scores them with the one reward-source interface (``rollout/rewards.py``): a reward model
-   (``--reward-model``, normalised as stored with it) and/or reward functions (``--reward-funcs``:
-   ``tiny_gold``, ``module:function`` or ``file.py:function``), weighted (``--reward-weights``);
-   with neither, on the tiny task, the gold reward ``tiny_gold``;
+3. scores them with the reward-source interface PPO and GRPO use (``rollout/rewards.py``:
+   ``build_reward`` -> ``CombinedReward``; functions resolved by ``load_reward_function``): a
+   reward model (``--reward-model``, normalised as stored with it) and/or reward functions
+   (``--reward-funcs``: built-in names such as ``tiny_gold``, ``module:function`` or
+   ``file.py:function``, called with the prompts' extra data columns as keywords), weighted
+   (``--reward-weights``, RM first); with neither, on the tiny task, the gold reward ``tiny_gold``;
 4. keeps the best response of each prompt (argmax; first on ties; with ``--require-eos`` only among
    responses that ended with EOS; ``--min-score`` drops prompts whose best is below it) and writes
    ``round_<r>/data.jsonl`` (``{"messages": [...], "score": s}`` for chat prompts, ``{"prompt",
@@ -18,11 +20,11 @@ Variant (the "RAFT" / expert-iteration / Llama-2 rejection-sampling recipe): eac
    config built from this one (model = the current policy, optimiser/LoRA sections as given here),
    saving it to ``round_<r>/model``; the next round samples from it.
 
-Reported per round: mean score of all samples, mean best-of-N score, mean worst score, EOS rate and,
-on the tiny task, the policy's greedy gold reward before and after the round. A finished round
-(``round_<r>/round.json``) is skipped when the run is restarted; an unfinished one reuses its
-written data and resumes its SFT from the latest checkpoint. The final policy is saved to
-``--output-dir``.
+Reported per round: mean score of all samples, mean best-of-N score, mean worst score, each reward
+source's mean (``reward/<name>_mean``), EOS rate and, on the tiny task, the policy's greedy gold
+reward before and after the round. A finished round (``round_<r>/round.json``) is skipped when the
+run is restarted; an unfinished one reuses its written data and resumes its SFT from the latest
+checkpoint. The final policy is saved to ``--output-dir``.
 
 One CPU, tiny default (policy = the SFT model, gold reward as the scorer)::
 
@@ -35,7 +37,15 @@ With a reward model and a real policy, LoRA::
         --reward-model outputs/rm --data-path Dahoas/rm-static --num-samples 4 \\
         --lora-dim 64 --learning-rate 1e-4 --output-dir outputs/opt-rs
 
-Several GPUs: the SFT phase runs under ``torchrun --nproc_per_node N`` like ``simple-rlhf sft``.
+Measured (``benchmarks/distill_results.md``; tiny SFT policy at greedy gold 0.755, 128 prompts x
+8 samples per round, 2 SFT epochs per round, seed 1234). Gold reward as the scorer, default lr
+3e-4: 0.755 -> 0.979 -> 0.993 (on 256 prompts 0.764 -> 0.984 -> 0.992); at lr 1e-3 round 1 is as
+good (0.977) but round 2 falls back (0.928; 256 prompts: 0.981 -> 0.962), so the default is 3e-4.
+A 200-step RM as the scorer (pair accuracy 0.78): 0.755 -> 0.889 -> 0.828 at lr 3e-4; round 2
+falls because the RM's picks get worse in truth once the policy has moved towards what the RM
+likes (gold of the kept responses 0.80 -> 0.74; at lr 1e-3 0.80 -> 0.66): the RM's proxy error.
+
+One process only: sampling is not sharded over ranks, so do not launch it under ``torchrun``.
 """
 
 from __future__ import annotations
@@ -63,9 +73,13 @@ from simple_rlhf.data.pipeline import load_encoded
 from simple_rlhf.infra.checkpoint import save_hf_model
 from simple_rlhf.infra.logging import MetricsLogger, format_metrics
 from simple_rlhf.infra.seed import set_seed
-from simple_rlhf.models.loading import load_causal_lm, load_tokenizer
 from simple_rlhf.rollout.generate import SamplingArgs, decode_responses, generate
-from simple_rlhf.rollout.rewards import build_reward, call_reward, fields_to_columns
+from simple_rlhf.rollout.rewards import (
+    CombinedReward,
+    build_reward,
+    call_reward,
+    fields_to_columns,
+)
 from simple_rlhf.trainers import common
 
 RewardFn = Callable[..., list[float]]
@@ -87,7 +101,7 @@ class RejectionSamplingArgs:
         "(with no RM and no function on the tiny task: tiny_gold)",
     )
     reward_weights: list[float] = fld(
-        [], "weights of the reward sources, RM first then functions (default: all 1)"
+        [], "weights of the reward sources, RM first then functions (empty: all 1)"
     )
     normalize_reward: bool = fld(True, "normalise RM scores with the mean/std stored with the RM")
     keep_worst: bool = fld(
@@ -121,7 +135,7 @@ class RejectionSamplingConfig:
     model: ModelArgs = section(lambda: ModelArgs(model_name_or_path="outputs/sft"))
     data: DataArgs = section(DataArgs)
     optim: OptimArgs = section(
-        lambda: OptimArgs(learning_rate=1e-3, num_train_epochs=2, per_device_train_batch_size=16)
+        lambda: OptimArgs(learning_rate=3e-4, num_train_epochs=2, per_device_train_batch_size=16)
     )
     lora: LoraArgs = section(LoraArgs)
     log: LogArgs = section(lambda: LogArgs(output_dir="outputs/rejection_sampling"))
@@ -129,8 +143,11 @@ class RejectionSamplingConfig:
     rs: RejectionSamplingArgs = section(RejectionSamplingArgs)
 
     def __post_init__(self) -> None:
-        if self.rs.rounds > 1 and self.lora.lora_dim > 0 and not self.lora.merge_lora:
-            raise ConfigError("rounds > 1 with LoRA needs merge_lora (the next round loads it)")
+        if self.lora.lora_dim > 0 and not self.lora.merge_lora:
+            raise ConfigError(
+                "LoRA in rejection sampling needs merge_lora: each round's model is loaded again "
+                "to be evaluated, sampled from and saved"
+            )
 
 
 # ---- pieces (tested on their own) ----------------------------------------------------------------
@@ -236,7 +253,11 @@ def sample_and_select(
     texts = decode_responses(tokenizer, rollout)
     raw_prompts = [p["prompt"] for p in prompts for _ in range(N)]
     fields = fields_to_columns([p["fields"] for p in prompts for _ in range(N)])
-    flat = call_reward("reward", reward_fn, raw_prompts, texts, **fields)
+    if isinstance(reward_fn, CombinedReward):  # the shared interface: also each source's mean
+        flat, per_source = reward_fn.evaluate(raw_prompts, texts, **fields)
+        source_means = CombinedReward.metrics(per_source)
+    else:
+        flat, source_means = call_reward("reward", reward_fn, raw_prompts, texts, **fields), {}
     scores = torch.tensor(flat).view(len(prompts), N)  # [n, N]
     has_eos = rollout.has_eos.view(len(prompts), N)  # [n, N]
     valid = has_eos if rs.require_eos else torch.ones_like(has_eos)
@@ -265,6 +286,7 @@ def sample_and_select(
         "rs/pairs": float(len(pair_rows)),
         "rollout/eos_rate": float(rollout.has_eos.float().mean()),
         "rollout/response_len": float(rollout.response_lengths.float().mean()),
+        **source_means,
     }
     return sft_rows, pair_rows, metrics
 
@@ -293,10 +315,7 @@ def run(cfg: RejectionSamplingConfig) -> dict[str, Any]:
     # ---- setup ----
     set_seed(cfg.optim.seed)
     rs, out_dir = cfg.rs, Path(cfg.log.output_dir)
-    tokenizer = load_tokenizer(
-        cfg.model.tokenizer_name_or_path or cfg.model.model_name_or_path,
-        trust_remote_code=cfg.model.trust_remote_code,
-    )
+    tokenizer = common.load_run_tokenizer(cfg.model)
     reward_fn, reward_name = reward_source(cfg)
     prompts, stats = load_encoded(tokenizer, cfg.data, "prompt", rs.data_step, "train")
     logger = MetricsLogger(out_dir, cfg.log.report_to, total_steps=None, progress_bar=False)
@@ -307,13 +326,9 @@ def run(cfg: RejectionSamplingConfig) -> dict[str, Any]:
     )
     tiny = "tiny" in cfg.data.data_path and rs.gold_eval_prompts > 0
 
-    def load_policy(path: str) -> Any:
-        return load_causal_lm(
-            path,
-            tokenizer,
-            dtype=cfg.model.dtype,
-            dropout=0.0,
-            trust_remote_code=cfg.model.trust_remote_code,
+    def load_policy(path: str) -> Any:  # to sample from: QLoRA's 4-bit base if asked, no adapter
+        return common.load_trained_lm(
+            cfg.model, tokenizer, cfg.lora, name_or_path=path, dropout=0.0, apply_adapter=False
         )
 
     def gold(model: Any) -> dict[str, float]:
@@ -388,9 +403,8 @@ def run(cfg: RejectionSamplingConfig) -> dict[str, Any]:
         summary["rounds"].append(record)
 
     # ---- save the final policy beside the rounds ----
-    save_hf_model(
-        load_policy(policy_path), tokenizer, out_dir, extra_json={"summary.json": summary}
-    )
+    final = common.load_frozen_lm(policy_path, tokenizer, cfg.model)  # full precision
+    save_hf_model(final, tokenizer, out_dir, extra_json={"summary.json": summary})
     logger.print(f"[rejection-sampling] saved the final policy to {out_dir}")
     logger.close()
     return summary

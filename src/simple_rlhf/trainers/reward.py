@@ -3,52 +3,75 @@
 Variant: an ``AutoModelForSequenceClassification`` (``num_labels=1``) built on any HF backbone (the
 tiny base, the SFT model, or a smaller model beside the actor); its score ``r(x, y)`` is the scalar
 head read at the last real token (the EOS every response ends with), for any padding side
-(``models/reward.py::sequence_scores``). The loss is chosen by name (``--loss-type``):
+(``models/reward.py::sequence_scores``). A new head is drawn from its own seeded generator. The
+loss is chosen by name (``--loss-type``):
 
 - ``pairwise`` (default): Bradley–Terry ``-log σ(r_c - r_r - m) + c · (r_c + r_r)²`` per pair,
   averaged over the pairs of the optimiser step (``--margin`` m, ``--center-coef`` c);
-- ``dschat``: DeepSpeed-Chat's token-wise loss from the first differing token to the end.
+- ``dschat``: DeepSpeed-Chat's token-wise loss from the first differing token to the end;
+- ``mixed``: ``pairwise + λ · dschat`` on the same per-token values (``--token-loss-coef`` λ).
 
-Chosen and rejected go through one forward pass (``[2B, T]``, chosen rows first). Pairs come from
-step 2 of the ``--data-split``; too-long pairs are dropped (or truncated, ``--truncation``) and
-counted. Evaluation before training, after each epoch and every ``--eval-steps`` on the held-out
-pairs (all, or ``--eval-batches``): pairwise accuracy (ties count as wrong), mean chosen / rejected
-score, margin, loss; on the tiny task also the Spearman correlation of the scores with the gold
-reward over every held-out response and the accuracy against the noise-free gold order.
+Chosen and rejected go through one forward pass (``[2B, T]``, chosen rows first) called on the
+DDP / DeepSpeed wrapper. Pairs come from step 2 of the ``--data-split``; too-long pairs are
+dropped (or truncated, ``--truncation``) and counted. Evaluation before training, after each epoch
+and every ``--eval-steps`` on the held-out pairs (all, or ``--eval-batches``; split over the ranks
+and gathered): pairwise accuracy (ties count as wrong), mean chosen / rejected score, margin, loss;
+on the tiny task also the Spearman correlation of the scores with the gold reward over every
+held-out response and the accuracy against the noise-free gold order.
 
 After training the mean and std of the raw scores on a reference set (held-out chosen responses by
 default, ``--stats-reference``) go to ``reward_stats.json`` beside the model; ``RewardScorer``
 applies them (``(r - mean) / std``) when step 3 scores rollouts.
 
-One CPU, tiny default (RM from the SFT model: 6 epochs of 250 steps, ~2 CPU-minutes; held-out
-accuracy 0.46 -> 0.835 against labels of which 14.5% are flipped, so 0.855 is the ceiling;
-0.94 against the noise-free gold order; Spearman with the gold reward 0.59, as the labels only
-order answers within a prompt. ``--loss-type dschat``: 0.79 / 0.905 / 0.74)::
+One CPU, tiny default from the SFT model (6 epochs of 250 steps of 16 pairs; 4-20 minutes with
+one thread depending on the machine's load). Measured on the 200 held-out pairs (29 labels
+flipped, so 0.855 is the accuracy ceiling; benchmarks/reward_results.md), seeds 1234 / 2::
+
+    loss      accuracy       gold-order accuracy  Spearman(score, gold)
+    pairwise  0.835 / 0.795  0.94 / 0.89          0.59 / 0.47  (default)
+    mixed     0.805 / 0.83   0.94 / 0.935         0.72 / 0.48
+    dschat    0.79 / 0.815   0.905 / 0.95         0.74 / 0.60
+
+Labels only order answers to the *same* prompt, so nothing in them fixes how the scores of
+different prompts line up: within 1-, 2-, 3-thing prompts the pairwise RM's Spearman is 0.90 /
+0.83 / 0.75, but its mean score rises with the number of things asked (-1.7 / -0.9 / -0.1) while
+the mean gold reward falls (0.72 / 0.55 / 0.54), hence 0.59 over all responses (a perfect
+within-pair ranking with no cross-prompt information scores 0.62 on this set). How the prompts
+line up is left to the network's inductive bias, so it changes with the seed (mixed: 0.72 vs
+0.48); the token-wise term helps on average (two-seed means 0.53 / 0.60 / 0.67) but no loss
+reaches 0.7 with both seeds. Accuracy 0.85 against the noisy labels needs ~0.99 against the gold
+order (at most one net disagreement); every run ends at 0.89-0.95. The default run::
 
     simple-rlhf reward --model-name-or-path outputs/sft --output-dir outputs/reward
 
-A real backbone, LoRA (the head stays fully trainable)::
+A real backbone, LoRA (the head stays fully trainable; ``--load-in-4bit`` for QLoRA)::
 
     simple-rlhf reward --model-name-or-path facebook/opt-350m --data-path Dahoas/rm-static \\
         --lora-dim 64 --learning-rate 5e-5 --per-device-train-batch-size 8 --output-dir outputs/rm
 
-Several GPUs: the same command under ``torchrun --nproc_per_node N`` or ``deepspeed``.
+Several GPUs (or CPU processes over gloo): the same command under a launcher, plain DDP or
+DeepSpeed ZeRO 0-3 (``--zero-stage``, ``--offload``); each rank takes a disjoint slice of every
+global batch of ``per_device_train_batch_size x N`` pairs and the loss is weighted by the pairs of
+the global step, so N ranks x batch B equal one process with batch N x B (tested with 2 processes:
+DDP, ZeRO-2, ZeRO-3 + offload, resumed)::
+
+    torchrun --nproc_per_node 8 -m simple_rlhf reward --zero-stage 2 --dtype bfloat16 ...
+    deepspeed --num_gpus 8 --module simple_rlhf reward --zero-stage 3 --offload all ...
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from simple_rlhf.config import (
     ConfigError,
     DataArgs,
+    DistArgs,
     LogArgs,
     LoraArgs,
     ModelArgs,
@@ -57,13 +80,9 @@ from simple_rlhf.config import (
     section,
 )
 from simple_rlhf.data.pipeline import load_encoded
-from simple_rlhf.data.tokenize import collate_pairs
-from simple_rlhf.infra.checkpoint import (
-    latest_checkpoint,
-    load_checkpoint,
-    save_checkpoint,
-    save_hf_model,
-)
+from simple_rlhf.infra.checkpoint import latest_checkpoint
+from simple_rlhf.infra.dist_checkpoint import load_checkpoint, save_checkpoint
+from simple_rlhf.infra.distributed import Dist, init_distributed
 from simple_rlhf.infra.logging import MetricsLogger, format_metrics
 from simple_rlhf.infra.seed import set_seed
 from simple_rlhf.losses.reward import (
@@ -72,12 +91,20 @@ from simple_rlhf.losses.reward import (
     last_token_values,
     pairwise_loss,
 )
-from simple_rlhf.models.forward import token_values
-from simple_rlhf.models.loading import count_parameters, load_tokenizer
+from simple_rlhf.models.loading import load_tokenizer
 from simple_rlhf.models.lora import apply_lora
-from simple_rlhf.models.reward import STATS_FILE, load_reward_model, sequence_scores
+from simple_rlhf.models.reward import STATS_FILE, head_values, load_reward_model
 from simple_rlhf.trainers import common
+from simple_rlhf.trainers.reward_eval import (
+    gold_metrics,
+    gold_rewards,
+    pair_batch,
+    pair_eval_metrics,
+    reference_stats,
+    score_examples,
+)
 
+LOSS_TYPES = (*REWARD_LOSS_NAMES, "mixed")
 STATS_REFERENCES = ("eval_chosen", "eval_all", "train_chosen")
 TRAIN_REFERENCE_CAP = 1024  # responses scored for the stats when the reference is the train split
 
@@ -86,11 +113,16 @@ TRAIN_REFERENCE_CAP = 1024  # responses scored for the stats when the reference 
 class RewardArgs:
     """Reward-model loss, evaluation and score normalisation."""
 
-    loss_type: str = fld("pairwise", "loss: 'pairwise' (Bradley–Terry) or 'dschat' (token-wise)")
-    margin: float = fld(0.0, "pairwise only: required score gap m in -log σ(r_c - r_r - m)")
-    center_coef: float = fld(
-        0.0, "pairwise only: reward-centering coefficient c, adds c · mean((r_c + r_r)^2)"
+    loss_type: str = fld(
+        "pairwise",
+        "loss: 'pairwise' (Bradley–Terry at the EOS), 'dschat' (DeepSpeed-Chat's token-wise "
+        "loss) or 'mixed' (pairwise + token_loss_coef x dschat)",
     )
+    margin: float = fld(0.0, "pairwise/mixed: required score gap m in -log σ(r_c - r_r - m)")
+    center_coef: float = fld(
+        0.0, "pairwise/mixed: reward-centering coefficient c, adds c · mean((r_c + r_r)^2)"
+    )
+    token_loss_coef: float = fld(1.0, "mixed only: weight λ of the token-wise (dschat) term")
     eval_batches: int | None = fld(
         None, "evaluate on at most this many held-out batches (None: all held-out pairs)"
     )
@@ -104,12 +136,14 @@ class RewardArgs:
     )
 
     def __post_init__(self) -> None:
-        if self.loss_type not in REWARD_LOSS_NAMES:
+        if self.loss_type not in LOSS_TYPES:
             raise ConfigError(
-                f"loss_type: {self.loss_type!r} is not one of {', '.join(REWARD_LOSS_NAMES)}"
+                f"loss_type: {self.loss_type!r} is not one of {', '.join(LOSS_TYPES)}"
             )
-        if self.loss_type != "pairwise" and (self.margin or self.center_coef):
-            raise ConfigError("margin and center_coef apply to loss_type 'pairwise' only")
+        if self.loss_type == "dschat" and (self.margin or self.center_coef):
+            raise ConfigError("margin and center_coef apply to loss_type 'pairwise'/'mixed' only")
+        if self.token_loss_coef < 0:
+            raise ConfigError("token_loss_coef: must be >= 0")
         if self.stats_reference not in STATS_REFERENCES:
             raise ConfigError(
                 f"stats_reference: {self.stats_reference!r} is not one of "
@@ -137,6 +171,7 @@ class RewardConfig:
     lora: LoraArgs = section(LoraArgs)
     log: LogArgs = section(lambda: LogArgs(output_dir="outputs/reward"))
     reward: RewardArgs = section(RewardArgs)
+    dist: DistArgs = section(DistArgs)
 
 
 # ---- losses, chosen by name ---------------------------------------------------------------------
@@ -160,180 +195,68 @@ def _dschat_objective(values: torch.Tensor, batch: dict, args: RewardArgs):
     return dschat_pairwise_loss(vc, vr, ic, ir, mc, mr)
 
 
-OBJECTIVES: dict[str, Objective] = {"pairwise": _pairwise_objective, "dschat": _dschat_objective}
+def _mixed_objective(values: torch.Tensor, batch: dict, args: RewardArgs):
+    """``pairwise + λ · dschat`` on the same per-token values (λ = ``token_loss_coef``): the
+    Bradley–Terry term orders the EOS scores, the token-wise term makes the value after every
+    token of the two responses agree with the preference too. Metrics: the pairwise ones."""
+    loss, metrics = _pairwise_objective(values, batch, args)
+    token_loss, _ = _dschat_objective(values, batch, args)
+    return loss + args.token_loss_coef * token_loss, metrics
 
 
-def pair_batch(examples: Sequence[dict[str, list[int]]], pad_id: int) -> dict[str, torch.Tensor]:
-    """``input_ids`` / ``attention_mask`` ``[2B, T]``, right-padded, chosen rows first."""
-    b = collate_pairs(examples, pad_id)
-    return {"input_ids": b["input_ids"], "attention_mask": b["attention_mask"]}
+OBJECTIVES: dict[str, Objective] = {
+    "pairwise": _pairwise_objective,
+    "dschat": _dschat_objective,
+    "mixed": _mixed_objective,
+}
 
 
 def backward_step(
-    model: Any, chunks: Sequence[Sequence[dict]], pad_id: int, args: RewardArgs
+    model: Any,
+    chunks: Sequence[Sequence[dict]],
+    pad_id: int,
+    args: RewardArgs,
+    engine: Any = None,
+    dist: Dist | None = None,
 ) -> tuple[float, dict[str, float], int]:
-    """Forward and backward over the micro-batches of one optimiser step (gradients accumulate).
+    """Forward and backward over this rank's micro-batches of one optimiser step.
 
-    Each micro-batch's loss is a mean over its pairs; it is weighted by ``B_micro / B_step`` so
-    the accumulated gradient is that of the mean over all pairs of the step (batch 4 x
-    accumulation 1 equals batch 2 x accumulation 2). Returns the step's loss, its metrics (same
-    weighting) and the number of real tokens seen.
+    ``model`` is what the forward calls (``engine.model``: the DDP / DeepSpeed wrapper, so its
+    gradient synchronisation runs); ``engine`` (optional) gives ``accumulate`` / ``backward``.
+    Each micro-batch's loss is a mean over its pairs; it is weighted by
+    ``w = B_micro · world / B_step`` with ``B_step`` the pairs of the step on all ranks, so the
+    gradient (averaged over ranks) is that of the mean over every pair of the global step: batch 4
+    x accumulation 1 equals batch 2 x accumulation 2 equals 2 ranks x batch 2. Returns the step's
+    loss, its metrics (weighted alike, summed over ranks) and the real tokens seen on all ranks.
     """
     objective = OBJECTIVES[args.loss_type]
-    n_pairs = sum(len(c) for c in chunks)
+    world = dist.world_size if dist is not None else 1
+    local = sum(len(c) for c in chunks)
+    n_pairs = dist.all_reduce_sum([local])[0] if dist is not None else local
+    items = engine.accumulate(chunks) if engine is not None else chunks
     loss_sum, stats_sum, tokens = 0.0, {}, 0
-    for chunk in chunks:
+    for chunk in items:
         b = pair_batch(chunk, pad_id)
-        values = token_values(model, b["input_ids"], b["attention_mask"])  # [2B, T]
+        if dist is not None:
+            b = dist.to_device(b)
+        values = head_values(model, b["input_ids"], b["attention_mask"])  # [2B, T]
         loss, metrics = objective(values, b, args)
         w = len(chunk) / n_pairs
-        (loss * w).backward()
+        scaled = loss * (w * world)
+        if engine is not None:
+            engine.backward(scaled)
+        else:
+            scaled.backward()
         loss_sum += float(loss.detach()) * w
         for k, v in metrics.items():
             stats_sum[k] = stats_sum.get(k, 0.0) + float(v) * w
         tokens += int(b["attention_mask"].sum())
-    return loss_sum, stats_sum, tokens
-
-
-# ---- evaluation ----------------------------------------------------------------------------------
-
-
-def rank(x: Sequence[float]) -> list[float]:
-    """Ranks 1..n with ties given their average rank (as Spearman's rho needs)."""
-    order = sorted(range(len(x)), key=lambda i: x[i])
-    ranks = [0.0] * len(x)
-    i = 0
-    while i < len(order):
-        j = i
-        while j + 1 < len(order) and x[order[j + 1]] == x[order[i]]:
-            j += 1
-        for k in range(i, j + 1):
-            ranks[order[k]] = (i + j) / 2 + 1
-        i = j + 1
-    return ranks
-
-
-def spearman(x: Sequence[float], y: Sequence[float]) -> float:
-    """Spearman's rank correlation: the Pearson correlation of the (tie-averaged) ranks.
-
-    ``rho = cov(rank x, rank y) / (std(rank x) · std(rank y))``; NaN if either side is constant.
-    """
-    if len(x) != len(y):
-        raise ValueError(f"{len(x)} vs {len(y)} values")
-    rx, ry = rank(x), rank(y)
-    n = len(rx)
-    if n < 2:
-        return float("nan")
-    mx, my = sum(rx) / n, sum(ry) / n
-    cov = sum((a - mx) * (b - my) for a, b in zip(rx, ry, strict=True))
-    vx = sum((a - mx) ** 2 for a in rx)
-    vy = sum((b - my) ** 2 for b in ry)
-    if vx == 0 or vy == 0:
-        return float("nan")
-    return cov / math.sqrt(vx * vy)
-
-
-def pair_eval_metrics(chosen: torch.Tensor, rejected: torch.Tensor) -> dict[str, float]:
-    """Held-out metrics of scores ``[N]``: accuracy = #(r_c > r_r) / N (ties count as wrong),
-    means, margin = mean(r_c - r_r), loss = mean(-log σ(r_c - r_r))."""
-    chosen, rejected = chosen.double(), rejected.double()
-    return {
-        "eval/accuracy": float((chosen > rejected).double().mean()),
-        "eval/chosen_mean": float(chosen.mean()),
-        "eval/rejected_mean": float(rejected.mean()),
-        "eval/margin_mean": float((chosen - rejected).mean()),
-        "eval/loss": float(-F.logsigmoid(chosen - rejected).mean()),
-    }
-
-
-@torch.no_grad()
-def score_examples(
-    model: Any,
-    examples: Sequence[dict[str, list[int]]],
-    batch_size: int,
-    pad_id: int,
-    max_batches: int | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Raw scores of the chosen and rejected responses ``([N], [N])`` (eval mode, no grad)."""
-    was_training = model.training
-    model.eval()
-    chosen, rejected = [], []
-    for i, chunk in enumerate(common.batches(examples, batch_size, shuffle=False)):
-        if max_batches is not None and i >= max_batches:
-            break
-        b = pair_batch(chunk, pad_id)
-        c, r = sequence_scores(model, b["input_ids"], b["attention_mask"]).chunk(2)
-        chosen.append(c)
-        rejected.append(r)
-    model.train(was_training)
-    if not chosen:
-        return torch.zeros(0), torch.zeros(0)
-    return torch.cat(chosen).float().cpu(), torch.cat(rejected).float().cpu()
-
-
-def gold_rewards(tokenizer: Any, examples: Sequence[dict]) -> list[tuple[float, float]] | None:
-    """Gold reward of (chosen, rejected) per pair for tiny-task prompts (decoded from the ids);
-    None when the data is not the tiny task."""
-    from simple_rlhf.data.tiny_task import gold_reward, parse_prompt
-
-    def text(ids: list[int]) -> str:
-        return tokenizer.decode(ids, skip_special_tokens=True)
-
-    out = []
-    for ex in examples:
-        prompt = text(ex["prompt_ids"])
-        if parse_prompt(prompt) is None:
-            return None
-        out.append(
-            (
-                gold_reward(prompt, text(ex["chosen_ids"])),
-                gold_reward(prompt, text(ex["rejected_ids"])),
-            )
-        )
-    return out or None
-
-
-def gold_metrics(
-    chosen: torch.Tensor, rejected: torch.Tensor, gold: Sequence[tuple[float, float]]
-) -> dict[str, float]:
-    """Agreement with the gold reward over the first ``N = len(chosen)`` pairs.
-
-    ``eval/spearman_gold``: Spearman(score, gold) over all 2N responses;
-    ``eval/gold_accuracy``: fraction of the pairs with unequal gold rewards that the RM orders
-    like the gold reward (the accuracy against noise-free labels).
-    """
-    gold = list(gold)[: len(chosen)]
-    scores = chosen.tolist() + rejected.tolist()
-    golds = [g for g, _ in gold] + [g for _, g in gold]
-    agree = [
-        (c > r) == (gc > gr)
-        for c, r, (gc, gr) in zip(chosen.tolist(), rejected.tolist(), gold, strict=True)
-        if gc != gr
-    ]
-    return {
-        "eval/spearman_gold": spearman(scores, golds),
-        "eval/gold_accuracy": sum(agree) / len(agree) if agree else float("nan"),
-    }
-
-
-@torch.no_grad()
-def reference_stats(
-    model: Any,
-    examples: Sequence[dict[str, list[int]]],
-    which: str,
-    batch_size: int,
-    pad_id: int,
-) -> dict[str, Any]:
-    """Mean and (population) std of the raw scores of the reference responses."""
-    chosen, rejected = score_examples(model, examples, batch_size, pad_id)
-    scores = torch.cat([chosen, rejected]) if which == "eval_all" else chosen
-    scores = scores.double()
-    return {
-        "mean": float(scores.mean()),
-        "std": float(scores.std(unbiased=False)),
-        "n": int(scores.numel()),
-        "reference": which,
-    }
+    if dist is not None and dist.world_size > 1:
+        keys = sorted(stats_sum)
+        summed = dist.all_reduce_sum([loss_sum, tokens, *(stats_sum[k] for k in keys)])
+        loss_sum, tokens = summed[0], summed[1]
+        stats_sum = dict(zip(keys, summed[2:], strict=True))
+    return loss_sum, stats_sum, int(tokens)
 
 
 # ---- training ------------------------------------------------------------------------------------
@@ -342,50 +265,61 @@ def reference_stats(
 def run(cfg: RewardConfig) -> dict[str, Any]:
     """Train, evaluate, compute normalisation stats and save; returns the summary."""
     # ---- setup ----
-    set_seed(cfg.optim.seed)
+    dist = init_distributed(cfg.dist)  # one process: no process group, nothing changes
+    set_seed(cfg.optim.seed)  # the same on every rank: head and LoRA initialisation agree
     out_dir, ra, o = cfg.log.output_dir, cfg.reward, cfg.optim
-    tokenizer = load_tokenizer(
-        cfg.model.tokenizer_name_or_path or cfg.model.model_name_or_path,
-        trust_remote_code=cfg.model.trust_remote_code,
-    )
-    model = load_reward_model(
-        cfg.model.model_name_or_path,
-        tokenizer,
-        dtype=cfg.model.dtype,
-        dropout=cfg.model.dropout,
-        trust_remote_code=cfg.model.trust_remote_code,
-        gradient_checkpointing=cfg.model.gradient_checkpointing,
-    )
-    model = apply_lora(model, cfg.lora, task_type="SEQ_CLS", extra_trainable=["score"])
-    train, train_stats = load_encoded(tokenizer, cfg.data, "pair", step=2, split="train")
-    evals, eval_stats = load_encoded(tokenizer, cfg.data, "pair", step=2, split="eval")
+    with dist.main_first():  # the node's main rank builds the tiny model / data cache first
+        tokenizer = load_tokenizer(
+            cfg.model.tokenizer_name_or_path or cfg.model.model_name_or_path,
+            trust_remote_code=cfg.model.trust_remote_code,
+        )
+        train, train_stats = load_encoded(tokenizer, cfg.data, "pair", step=2, split="train")
+        evals, eval_stats = load_encoded(tokenizer, cfg.data, "pair", step=2, split="eval")
     if not train:
         raise ValueError("no training pairs left after length filtering: raise --max-seq-len")
+    if cfg.lora.load_in_4bit and cfg.lora.lora_dim <= 0:
+        raise ConfigError("load_in_4bit (QLoRA) trains through LoRA only: set --lora-dim")
+    plan = dist.plan(o, cfg.model.dtype)  # before loading: ZeRO-3 partitions at load
+    with plan.loading():
+        model = load_reward_model(
+            cfg.model.model_name_or_path,
+            tokenizer,
+            dtype=cfg.model.dtype,
+            dropout=cfg.model.dropout,
+            trust_remote_code=cfg.model.trust_remote_code,
+            gradient_checkpointing=cfg.model.gradient_checkpointing,
+            load_in_4bit=cfg.lora.load_in_4bit,
+            head_seed=o.seed,  # a new head is the same under any loading (ZeRO-3 included)
+        )
+    model = apply_lora(model, cfg.lora, task_type="SEQ_CLS", extra_trainable=["score"])
     per_epoch = common.steps_per_epoch(
-        len(train), o.per_device_train_batch_size, o.gradient_accumulation_steps
+        len(train), o.per_device_train_batch_size, o.gradient_accumulation_steps, dist.world_size
     )
     total_steps = o.max_steps or per_epoch * o.num_train_epochs
     optimizer = common.build_optimizer(model, o, cfg.lora)
     scheduler = common.build_scheduler(optimizer, o, total_steps)
+    engine = plan.wrap(model, optimizer, scheduler)  # plain / DDP / DeepSpeed
+    if dist.world_size > 1:
+        set_seed(dist.rank_seed(o.seed))  # dropout differs per rank
     logger = MetricsLogger(
-        out_dir, cfg.log.report_to, total_steps=total_steps, progress_bar=cfg.log.progress_bar
+        out_dir,
+        cfg.log.report_to,
+        total_steps=total_steps,
+        progress_bar=cfg.log.progress_bar,
+        enabled=dist.is_main,
     )
-    common.save_run_config(out_dir, cfg)
-    n_all, n_train = count_parameters(model)
+    if dist.is_main:
+        common.save_run_config(out_dir, cfg)
+    global_pairs = o.per_device_train_batch_size * dist.world_size * o.gradient_accumulation_steps
     logger.print(
-        f"[reward] {n_all / 1e6:.2f}M parameters ({n_train / 1e6:.2f}M trainable); loss "
-        f"{ra.loss_type}; train pairs: {train_stats.describe()}; eval pairs: "
-        f"{eval_stats.describe()}; {total_steps} optimiser steps"
+        f"[reward] {engine.describe()}\n[reward] loss {ra.loss_type}; train pairs: "
+        f"{train_stats.describe()}; eval pairs: {eval_stats.describe()}; {total_steps} "
+        f"optimiser steps of {global_pairs} pairs"
     )
     step, epoch, skip = 0, 0, 0
     ckpt = latest_checkpoint(out_dir) if cfg.log.resume else None
     if ckpt is not None:
-        state = load_checkpoint(
-            ckpt,
-            models={"model": model},
-            optimizers={"opt": optimizer},
-            schedulers={"lr": scheduler},
-        )
+        state = load_checkpoint(ckpt, {"model": engine})
         step, epoch, skip = state["step"], state["epoch"], state["micro_in_epoch"]
         logger.print(f"[reward] resumed from {ckpt} at step {step}")
 
@@ -404,7 +338,9 @@ def run(cfg: RewardConfig) -> dict[str, Any]:
     def evaluate(tag: str) -> dict[str, float]:
         metrics: dict[str, float] = {}
         if evals:
-            chosen, rejected = score_examples(model, evals, eval_bs, pad_id, ra.eval_batches)
+            chosen, rejected = score_examples(
+                engine.module, evals, eval_bs, pad_id, ra.eval_batches, dist
+            )
             metrics = pair_eval_metrics(chosen, rejected)
             if gold is not None:
                 metrics.update(gold_metrics(chosen, rejected, gold))
@@ -416,21 +352,21 @@ def run(cfg: RewardConfig) -> dict[str, Any]:
         summary["before"] = evaluate("before training")
 
     # ---- train loop ----
-    model.train()
+    engine.train()
     t_start, tokens_seen, pairs_seen, last_eval = time.perf_counter(), 0, 0, -1
     while step < total_steps:
-        micro = list(common.batches(train, bs, shuffle=True, seed=o.seed + epoch))
+        micro = common.rank_batches(train, bs, dist, shuffle=True, seed=o.seed + epoch)
         accum = o.gradient_accumulation_steps
         groups = [micro[i : i + accum] for i in range(0, len(micro), accum)]
         for gi in range(skip, len(groups)):
-            loss_sum, stats_sum, n_tokens = backward_step(model, groups[gi], pad_id, ra)
-            tokens_seen += n_tokens
-            pairs_seen += sum(len(c) for c in groups[gi])
-            norm = common.grad_norm(model, o.max_grad_norm)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
+            loss_sum, stats_sum, n_tokens = backward_step(
+                engine.model, groups[gi], pad_id, ra, engine, dist
+            )
+            norm = engine.step()
             step += 1
+            tokens_seen += n_tokens
+            (step_pairs,) = dist.all_reduce_sum([sum(len(c) for c in groups[gi])])
+            pairs_seen += int(step_pairs)
             logger.progress(1, {"loss": loss_sum, "acc": stats_sum.get("accuracy", 0.0)})
             if step % cfg.log.logging_steps == 0 or step == total_steps:
                 elapsed = time.perf_counter() - t_start
@@ -438,7 +374,7 @@ def run(cfg: RewardConfig) -> dict[str, Any]:
                     {
                         "train/loss": loss_sum,
                         **{f"train/{k}": v for k, v in stats_sum.items()},
-                        "train/lr": scheduler.get_last_lr()[0],
+                        "train/lr": engine.lr,
                         "train/grad_norm": norm,
                         "train/epoch": epoch + (gi + 1) / len(groups),
                         "perf/tokens_per_s": tokens_seen / elapsed,
@@ -450,14 +386,8 @@ def run(cfg: RewardConfig) -> dict[str, Any]:
                 summary[f"step_{step}"] = evaluate("periodic")
                 last_eval = step
             if cfg.log.save_steps and step % cfg.log.save_steps == 0:
-                save_checkpoint(
-                    out_dir,
-                    step,
-                    models={"model": model},
-                    optimizers={"opt": optimizer},
-                    schedulers={"lr": scheduler},
-                    state={"epoch": epoch, "micro_in_epoch": gi + 1},
-                )
+                position = {"epoch": epoch, "micro_in_epoch": gi + 1}
+                save_checkpoint(out_dir, step, {"model": engine}, position)
             if step >= total_steps:
                 break
         else:  # a whole epoch done
@@ -474,7 +404,7 @@ def run(cfg: RewardConfig) -> dict[str, Any]:
     summary["after"] = evaluate("final") if last_eval != step else summary[evaluated[-1]]
     which = ra.stats_reference if evals else "train_chosen"
     ref = evals if which != "train_chosen" else train[:TRAIN_REFERENCE_CAP]
-    stats = reference_stats(model, ref, which, eval_bs, pad_id)
+    stats = reference_stats(engine.module, ref, which, eval_bs, pad_id, dist)
     logger.print(
         f"[reward] score stats on {stats['n']} {which} responses: mean {stats['mean']:.4g}, "
         f"std {stats['std']:.4g} (written to {STATS_FILE})"
@@ -483,13 +413,13 @@ def run(cfg: RewardConfig) -> dict[str, Any]:
         {
             "reward_stats": stats,
             "steps": step,
+            "world_size": dist.world_size,
             "train_seconds": round(elapsed, 2),
             "tokens_per_s": round(tokens_seen / max(elapsed, 1e-9), 1),
             "pairs_per_s": round(pairs_seen / max(elapsed, 1e-9), 2),
         }
     )
-    save_hf_model(
-        model,
+    engine.save_hf(
         tokenizer,
         out_dir,
         merge_lora=cfg.lora.merge_lora,

@@ -10,7 +10,8 @@ One CPU, tiny default (about a minute)::
 
     simple-rlhf sft --output-dir outputs/sft
 
-A real model, LoRA::
+A real model, LoRA (add ``--load-in-4bit`` for QLoRA: frozen NF4 base via bitsandbytes, saved
+as a plain full-precision model with the adapters merged into the dequantised base)::
 
     simple-rlhf sft --model-name-or-path facebook/opt-1.3b --data-path Dahoas/rm-static \\
         --lora-dim 64 --learning-rate 1e-4 --output-dir outputs/opt-sft
@@ -54,7 +55,7 @@ from simple_rlhf.infra.logging import MetricsLogger, format_metrics
 from simple_rlhf.infra.seed import set_seed
 from simple_rlhf.models.loading import load_causal_lm, load_tokenizer
 from simple_rlhf.models.logprobs import token_logprobs
-from simple_rlhf.models.lora import apply_lora
+from simple_rlhf.models.lora import apply_lora, check_qlora
 from simple_rlhf.trainers import common
 
 
@@ -149,6 +150,7 @@ def run(cfg: SFTConfig) -> dict[str, Any]:
     if not train:
         raise ValueError("no training examples left after length filtering: raise --max-seq-len")
     plan = dist.plan(cfg.optim, cfg.model.dtype)  # before loading: ZeRO-3 partitions at load
+    check_qlora(cfg.lora, plan.zero_stage)  # QLoRA: LoRA on, adapters only, not ZeRO-3
     with plan.loading():
         model = load_causal_lm(
             cfg.model.model_name_or_path,
@@ -157,6 +159,7 @@ def run(cfg: SFTConfig) -> dict[str, Any]:
             dropout=cfg.model.dropout,
             trust_remote_code=cfg.model.trust_remote_code,
             gradient_checkpointing=cfg.model.gradient_checkpointing,
+            load_in_4bit=cfg.lora.load_in_4bit,
         )
     model = apply_lora(model, cfg.lora)
     o = cfg.optim

@@ -1,0 +1,262 @@
+"""One PPO update over a rollout buffer: actor and critic minibatch steps, PPO-ptx, the actor EMA.
+
+``ppo_update`` runs ``ppo_epochs`` passes over the buffer, reshuffled each pass; per minibatch one
+actor step (clipped surrogate, optional dual clip, entropy bonus, KL-in-loss and PPO-ptx SFT loss;
+shared with the critic-free trainers through ``trainers/online.py::policy_backward``) and one
+critic step (clipped value loss times ``vf_coef``), each accumulated over micro-batches with
+weights that make the step equal to one over the whole minibatch, each with its own optimiser,
+schedule and gradient clipping.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import torch
+
+from simple_rlhf.data.tokenize import IGNORE_INDEX, collate_sft
+from simple_rlhf.losses.ppo import value_loss
+from simple_rlhf.losses.sft import sft_loss
+from simple_rlhf.models.forward import forward
+from simple_rlhf.models.logprobs import token_logprobs
+from simple_rlhf.rollout import experience as xp
+from simple_rlhf.trainers import common
+from simple_rlhf.trainers.online import (
+    Learner,
+    PolicyLossSpec,
+    accumulate,
+    clip_and_step,
+    policy_backward,
+)
+from simple_rlhf.trainers.ppo_config import BatchPlan, PPOLossArgs
+
+
+def ptx_loss(actor: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """PPO-ptx: token-mean SFT negative log-likelihood of a step-1 batch (response tokens)."""
+    logits = forward(actor, batch["input_ids"], batch["attention_mask"]).logits
+    labels = batch["labels"][:, 1:]  # [B, T-1]: logits[:, t] predicts token t + 1
+    logprobs = token_logprobs(logits[:, :-1], labels)
+    loss, _ = sft_loss(logprobs, labels != IGNORE_INDEX)
+    return loss
+
+
+def cycle_ptx(examples: Sequence[dict], batch_size: int, pad_id: int, seed: int) -> Iterator:
+    """Collated step-1 SFT batches forever, reshuffled each pass (``seed + pass``)."""
+    epoch = 0
+    while True:
+        for chunk in common.batches(examples, batch_size, shuffle=True, seed=seed + epoch):
+            yield collate_sft(chunk, pad_id)
+        epoch += 1
+
+
+def policy_spec(args: PPOLossArgs, kl_coef: float, agg_constant: float | None) -> PolicyLossSpec:
+    """The actor's loss terms: KL in the loss (with the controller's current ``kl_coef``) only
+    with ``kl_in_loss``."""
+    return PolicyLossSpec(
+        aggregation=args.loss_aggregation,
+        clip_low=args.clip_range,
+        clip_high=args.clip_range if args.clip_range_high is None else args.clip_range_high,
+        dual_clip=args.dual_clip,
+        agg_constant=agg_constant,
+        entropy_coef=args.entropy_coef,
+        kl_coef=kl_coef if args.kl_in_loss else 0.0,
+        kl_estimator=args.kl_estimator,
+    )
+
+
+def actor_minibatch_step(
+    actor: Learner,
+    mb: xp.Experience,
+    micro_size: int,
+    args: PPOLossArgs,
+    *,
+    temperature: float,
+    kl_coef: float,
+    ptx_batches: Sequence[dict[str, torch.Tensor]] = (),
+    agg_constant: float | None = None,
+    norm_mb: xp.Experience | None = None,
+    scale: float = 1.0,
+) -> dict[str, float]:
+    """One actor optimiser step over the minibatch ``mb``, accumulated over micro-batches.
+    Several ranks (``actor.engine``): ``mb`` is this rank's slice of the global minibatch
+    ``norm_mb`` and ``scale`` the world size (see ``online.py::policy_backward``).
+
+    ``loss = aggregate(policy loss) - entropy_coef * aggregate(entropy)
+    [+ kl_coef * aggregate(KL(pi || ref)) if kl_in_loss] [+ ptx_coef * mean_j SFT loss_j]``; each
+    micro-batch's policy loss is weighted by :func:`~simple_rlhf.rollout.experience.
+    micro_batch_weight` so the step equals one over the whole minibatch.
+    """
+    spec = policy_spec(args, kl_coef, agg_constant)
+    if actor.engine is not None:  # several ranks: one backward per micro-batch, ptx included
+        return _engine_actor_step(
+            actor, mb, micro_size, spec, args, temperature, ptx_batches, norm_mb, scale
+        )
+    acc = policy_backward(actor.model, mb, micro_size, spec, temperature=temperature)
+    if args.ptx_coef > 0 and ptx_batches:
+        n_micro = -(-len(mb) // micro_size)
+        total = 0.0
+        for batch in ptx_batches[:n_micro]:
+            ptx = ptx_loss(actor.model, batch)
+            (args.ptx_coef * ptx / n_micro).backward()
+            total += float(ptx)
+        acc["policy/ptx_loss"] = total / min(n_micro, len(ptx_batches))
+    acc["policy/grad_norm"] = clip_and_step(actor)
+    return acc
+
+
+def _engine_actor_step(
+    actor: Learner,
+    mb: xp.Experience,
+    micro_size: int,
+    spec: PolicyLossSpec,
+    args: PPOLossArgs,
+    temperature: float,
+    ptx_batches: Sequence[dict[str, torch.Tensor]],
+    norm_mb: xp.Experience | None,
+    scale: float,
+) -> dict[str, float]:
+    """The actor step through an engine: PPO-ptx's ``ptx_coef * SFT_j / n_micro`` joins
+    micro-batch ``j``'s backward (the mean over ranks of the per-rank ptx means)."""
+    n_micro = -(-len(mb) // micro_size)
+    use_ptx = args.ptx_coef > 0 and len(ptx_batches) > 0
+
+    def ptx_term(j: int) -> tuple[torch.Tensor, dict[str, float]]:
+        if not use_ptx or j >= len(ptx_batches):
+            return torch.zeros(()), {}
+        ptx = ptx_loss(actor.model, ptx_batches[j])
+        n = min(n_micro, len(ptx_batches))
+        return args.ptx_coef * ptx / n_micro, {"policy/ptx_loss": float(ptx) / n}
+
+    acc = policy_backward(
+        actor.model, mb, micro_size, spec, temperature=temperature, learner=actor,
+        norm_mb=norm_mb, scale=scale, extra_loss=ptx_term if use_ptx else None,
+    )  # fmt: skip
+    acc["policy/grad_norm"] = actor.step()
+    return acc
+
+
+def critic_values(model: Any, rollout: Any) -> torch.Tensor:
+    """:func:`~simple_rlhf.rollout.experience.response_values` computed by calling ``model``
+    itself (``models/reward.py::head_values``), so a DDP / DeepSpeed wrapper runs the forward
+    and synchronises the gradients: ``V(s_t)`` at column ``P + t - 1``, ``[B, R]``, 0 on pad."""
+    from simple_rlhf.models.reward import head_values
+
+    P, R = rollout.prompt_ids.shape[1], rollout.response_ids.shape[1]
+    values = head_values(model, rollout.input_ids, rollout.attention_mask)[:, P - 1 : P + R - 1]
+    keep = rollout.response_mask.bool()
+    return torch.where(keep, values, torch.zeros_like(values))
+
+
+def critic_minibatch_step(
+    critic: Learner,
+    mb: xp.Experience,
+    micro_size: int,
+    args: PPOLossArgs,
+    *,
+    norm_mb: xp.Experience | None = None,
+    scale: float = 1.0,
+) -> dict[str, float]:
+    """One critic optimiser step: ``vf_coef * clipped value loss`` towards the GAE returns.
+    Several ranks (``critic.engine``): weights relative to the global minibatch ``norm_mb``,
+    backward of ``scale`` (world size) times the loss, forwards through the engine's wrapper."""
+    agg, acc = args.loss_aggregation, {}
+    norm_mask = (norm_mb if norm_mb is not None else mb).mask
+    micros = [
+        mb.index(range(s, min(s + micro_size, len(mb)))) for s in range(0, len(mb), micro_size)
+    ]
+    for micro in critic.accumulate(micros):
+        w = xp.micro_batch_weight(agg, micro.mask, norm_mask)
+        if critic.engine is None:
+            values = xp.response_values(critic.model, micro.rollout)  # [b, R]
+        else:
+            values = critic_values(critic.model, micro.rollout)
+        loss, m = value_loss(
+            values, micro.values, micro.returns, micro.mask, clip_range=args.value_clip,
+            aggregation=agg,
+        )  # fmt: skip
+        critic.backward(
+            args.vf_coef * loss * w * scale if scale != 1.0 else args.vf_coef * loss * w
+        )
+        accumulate(acc, m, w)
+    acc["critic/grad_norm"] = critic.step()
+    return acc
+
+
+class EMA:
+    """Exponential moving average of a model's trainable weights: ``e <- d * e + (1 - d) * w``."""
+
+    def __init__(self, model: Any, decay: float) -> None:
+        self.decay = decay
+        self.model = copy.deepcopy(model).eval()
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self, model: Any) -> None:
+        live = dict(model.named_parameters())
+        for name, p in self.model.named_parameters():
+            src = live[name]
+            if src.requires_grad:
+                p.lerp_(src.detach(), 1.0 - self.decay)
+
+
+def ppo_update(
+    exp: xp.Experience,
+    actor: Learner | None,
+    critic: Learner | None,
+    plan: BatchPlan,
+    args: PPOLossArgs,
+    *,
+    temperature: float,
+    kl_coef: float,
+    seed: int,
+    ptx_iter: Iterator[dict[str, torch.Tensor]] | None = None,
+    ema: EMA | None = None,
+    agg_constant: float | None = None,
+    dist: Any = None,
+) -> dict[str, float]:
+    """``ppo_epochs`` passes over the buffer, reshuffled each pass (``seed + epoch``), one actor and
+    one critic optimiser step per minibatch. ``actor=None`` trains the critic only (warm-up).
+    Returns the metrics averaged over the minibatches.
+
+    Several ranks (``dist``, ``infra/distributed.py::Dist``): every rank holds the whole (global)
+    buffer and draws the same minibatches; rank ``r`` runs its contiguous slice
+    (``dist.shard``) of each, normalised by the global minibatch and scaled by the world size,
+    so a step equals the single-process step on the same buffer; the weighted metric sums are
+    then added over ranks (gradient norms are global already)."""
+    totals: dict[str, float] = {}
+    n_steps = 0
+    world = dist.world_size if dist is not None else 1
+    for learner in (actor, critic):
+        if learner is not None:
+            learner.model.train()
+    for epoch in range(plan.ppo_epochs):
+        for idx in xp.minibatches(len(exp), plan.minibatch, seed + epoch):
+            if world > 1:
+                norm_mb, mb = exp.index(idx), exp.index(dist.shard(idx))
+                kw: dict[str, Any] = {"norm_mb": norm_mb, "scale": float(world)}
+            else:
+                mb, kw = exp.index(idx), {}
+            if actor is not None:
+                ptx = [next(ptx_iter) for _ in range(plan.accumulation)] if ptx_iter else []
+                m = actor_minibatch_step(
+                    actor, mb, plan.micro_batch, args, temperature=temperature, kl_coef=kl_coef,
+                    ptx_batches=ptx, agg_constant=agg_constant, **kw,
+                )  # fmt: skip
+                accumulate(totals, m)
+                if ema is not None:
+                    ema.update(actor.model)
+            if critic is not None:
+                m = critic_minibatch_step(critic, mb, plan.micro_batch, args, **kw)
+                accumulate(totals, m)
+            n_steps += 1
+    if world > 1:
+        keys = sorted(totals)
+        sums = dist.all_reduce_sum([totals[k] for k in keys])
+        per_rank = ("grad_norm", "ptx_loss")  # the same on every rank / a per-rank mean
+        totals = {
+            k: v / world if k.endswith(per_rank) else v for k, v in zip(keys, sums, strict=True)
+        }
+    return {k: v / max(n_steps, 1) for k, v in totals.items()}
