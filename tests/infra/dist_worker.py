@@ -28,6 +28,31 @@ from simple_rlhf.trainers.sft import SFTConfig, run
 _save_hf = Engine.save_hf
 
 
+def torchrun(script: str | Path, spec: Path, log: Path, nproc: int = 2) -> None:
+    """Run ``script SPEC`` on ``nproc`` CPU ranks under torchrun (DeepSpeed on its CPU accelerator,
+    one thread per rank, DeepSpeed's compiled ops kept between runs); fail with the log's tail."""
+    import os
+    import subprocess
+
+    env = dict(os.environ)
+    env.update(
+        DS_ACCELERATOR="cpu",
+        OMP_NUM_THREADS="1",
+        TORCH_EXTENSIONS_DIR=env.get("TORCH_EXTENSIONS_DIR")
+        or str(Path.home() / ".cache" / "torch_extensions"),
+    )
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node"]
+    with log.open("w") as f:
+        proc = subprocess.run(
+            [*cmd, str(nproc), str(script), str(spec)],
+            env=env,
+            stdout=f,
+            stderr=subprocess.STDOUT,
+            timeout=900,
+        )
+    assert proc.returncode == 0, "torchrun failed:\n" + log.read_text()[-6000:]
+
+
 def _recording_save_hf(self: Engine, tokenizer, out_dir, **kwargs):
     rank = torch.distributed.get_rank()
     with self.gathered():

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -122,7 +121,6 @@ def main(spec_path: str) -> None:
 @pytest.fixture(scope="module")
 def ppo_runs(tmp_path_factory, tiny_sft, tiny_rm) -> Path:
     """The single-process reference (minibatch 4 in one process) and the 2-rank runs (2 each)."""
-    import subprocess
 
     import deepspeed  # noqa: F401 - CI must have it: fail here rather than skip
 
@@ -137,20 +135,7 @@ def ppo_runs(tmp_path_factory, tiny_sft, tiny_rm) -> Path:
     spec = out / "spec.json"
     per_rank = {**common, "per_device_train_batch_size": 2}
     spec.write_text(json.dumps({"out": str(out), "common": per_rank, "runs": LAUNCH}))
-    env = dict(os.environ)
-    env.update(
-        DS_ACCELERATOR="cpu",
-        OMP_NUM_THREADS="1",
-        TORCH_EXTENSIONS_DIR=env.get("TORCH_EXTENSIONS_DIR")
-        or str(Path.home() / ".cache" / "torch_extensions"),
-    )
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
-    log = out / "torchrun.log"
-    with log.open("w") as f:
-        proc = subprocess.run(
-            [*cmd, __file__, str(spec)], env=env, stdout=f, stderr=subprocess.STDOUT, timeout=900
-        )
-    assert proc.returncode == 0, "torchrun failed:\n" + log.read_text()[-6000:]
+    _module("dist_worker").torchrun(__file__, spec, out / "torchrun.log")
     return out
 
 

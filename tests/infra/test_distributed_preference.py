@@ -26,8 +26,6 @@ Tolerances (measured on this machine in brackets):
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -98,21 +96,9 @@ def torchrun_runs(tmp_path_factory, references, tiny_sft) -> Path:
     runs = [[name, trainer, over] for name, (trainer, over, _, _) in RUNS.items()]
     spec = out / "spec.json"
     spec.write_text(json.dumps({"out": str(out), "common": common, "runs": runs}))
-    env = dict(os.environ)
-    env.update(
-        DS_ACCELERATOR="cpu",
-        OMP_NUM_THREADS="1",
-        # DeepSpeed's CPU communication op compiled once, shared with test_distributed.py
-        TORCH_EXTENSIONS_DIR=env.get("TORCH_EXTENSIONS_DIR")
-        or str(Path.home() / ".cache" / "torch_extensions"),
-    )
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
-    log = out / "torchrun.log"
-    with log.open("w") as f:
-        proc = subprocess.run(
-            [*cmd, __file__, str(spec)], env=env, stdout=f, stderr=subprocess.STDOUT, timeout=900
-        )
-    assert proc.returncode == 0, "torchrun failed:\n" + log.read_text()[-6000:]
+    import dist_worker
+
+    dist_worker.torchrun(__file__, spec, out / "torchrun.log")
     return out
 
 

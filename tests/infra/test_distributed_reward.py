@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -100,7 +99,6 @@ def helpers():
 @pytest.fixture(scope="module")
 def rm_runs(tmp_path_factory, tiny_base, helpers) -> Path:
     """The single-process reference (batch 8) and the 2-rank runs (batch 4 per rank)."""
-    import subprocess
 
     import deepspeed  # noqa: F401 - CI must have it: fail here rather than skip
 
@@ -117,20 +115,7 @@ def rm_runs(tmp_path_factory, tiny_base, helpers) -> Path:
     runs = [[k, {**v, **(CONSTANT if k == "zero3_offload" else {})}] for k, v in LAUNCH]
     per_rank = {**common, "per_device_train_batch_size": 4}
     spec.write_text(json.dumps({"out": str(out), "common": per_rank, "runs": runs}))
-    env = dict(os.environ)
-    env.update(
-        DS_ACCELERATOR="cpu",
-        OMP_NUM_THREADS="1",
-        TORCH_EXTENSIONS_DIR=env.get("TORCH_EXTENSIONS_DIR")
-        or str(Path.home() / ".cache" / "torch_extensions"),
-    )
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
-    log = out / "torchrun.log"
-    with log.open("w") as f:
-        proc = subprocess.run(
-            [*cmd, __file__, str(spec)], env=env, stdout=f, stderr=subprocess.STDOUT, timeout=900
-        )
-    assert proc.returncode == 0, "torchrun failed:\n" + log.read_text()[-6000:]
+    _module("dist_worker").torchrun(__file__, spec, out / "torchrun.log")
     return out
 
 
