@@ -4,6 +4,7 @@ per-step options, and the report."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -27,13 +28,16 @@ def test_launcher_command_lines(tmp_path):
     argv, recipe = step_command(cfg(tmp_path), 1)
     assert argv[1:4] == ["-m", "simple_rlhf", "sft"] and argv[-2:] == ["--config", str(recipe)]
     argv, _ = step_command(cfg(tmp_path, deployment_type="single_node", num_gpus=2), 3)
-    assert argv[:3] == ["torchrun", "--nproc_per_node=2", "-m"] and "ppo" in argv
+    # the launcher installed beside this Python (works in an un-activated venv)
+    assert Path(argv[0]).name == "torchrun" and argv[1:3] == ["--nproc_per_node=2", "-m"]
+    assert "ppo" in argv
     argv, _ = step_command(
         cfg(tmp_path, deployment_type="single_node", launcher="deepspeed", num_gpus=4), 2
     )
-    assert argv[:3] == ["deepspeed", "--num_gpus=4", "--module"] and "reward" in argv
+    assert Path(argv[0]).name == "deepspeed" and argv[1:3] == ["--num_gpus=4", "--module"]
+    assert "reward" in argv
     argv, _ = step_command(cfg(tmp_path, deployment_type="multi_node", hostfile="/h"), 1)
-    assert argv[:2] == ["deepspeed", "--hostfile=/h"]
+    assert Path(argv[0]).name == "deepspeed" and argv[1] == "--hostfile=/h"
     with pytest.raises(ConfigError, match="hostfile"):
         cfg(tmp_path, deployment_type="multi_node")
 

@@ -75,3 +75,35 @@ def test_a_failing_step_names_itself_its_log_and_what_to_try(tmp_path, tiny_base
     assert "what to try" in text
     assert "no-model" in text  # the step's own error (the model path) is shown too
     assert not (out / "actor-sft" / "summary.json").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.multiproc
+def test_single_node_runs_every_step_under_torchrun_with_zero2(tmp_path, tiny_base):
+    """`--deployment-type single_node --num-gpus 2` launches each step with torchrun on 2 CPU
+    processes (DeepSpeed ZeRO-2 for the actor and for the reward model/critic) and still leaves
+    loadable folders and the report."""
+    out = tmp_path / "rlhf"
+    env_before = os.environ.get("DS_ACCELERATOR")
+    os.environ["DS_ACCELERATOR"] = "cpu"  # DeepSpeed on its CPU accelerator (no GPU here)
+    try:
+        res = train(
+            out,
+            *("--deployment-type", "single_node", "--num-gpus", "2"),
+            *("--actor-zero-stage", "2", "--reward-zero-stage", "2"),
+            "--set",
+            # a rollout must fill the global minibatch (8 per device x 2 processes)
+            *[o.replace("prompts_per_rollout=8", "prompts_per_rollout=16") for o in SHORT],
+        )
+    finally:
+        if env_before is None:
+            os.environ.pop("DS_ACCELERATOR")
+        else:
+            os.environ["DS_ACCELERATOR"] = env_before
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    assert res.stdout.count("torchrun --nproc_per_node=2 -m simple_rlhf") == 3
+    assert res.stdout.count("2 processes (DeepSpeed over gloo, device cpu); ZeRO-2") == 4
+    from transformers import AutoModelForCausalLM
+
+    AutoModelForCausalLM.from_pretrained(out / "actor-ppo")
+    assert (out / "report.md").is_file()

@@ -137,6 +137,13 @@ def step_options(cfg: PipelineConfig, step: int) -> dict[str, Any]:
     return opts
 
 
+def launcher(name: str) -> str:
+    """The launcher script installed beside this Python (so an un-activated venv works), else the
+    bare name looked up on PATH."""
+    beside = Path(sys.executable).parent / name
+    return str(beside) if beside.is_file() else name
+
+
 def launch_prefix(cfg: PipelineConfig) -> list[str]:
     """The launcher part of a step's command line for the deployment type."""
     if cfg.deployment_type == "single_gpu":
@@ -144,10 +151,14 @@ def launch_prefix(cfg: PipelineConfig) -> list[str]:
     n = cfg.num_gpus
     if cfg.deployment_type == "single_node":
         if cfg.launcher == "torchrun":
-            return ["torchrun", f"--nproc_per_node={n or 'gpu'}", "-m", "simple_rlhf"]
-        return ["deepspeed"] + ([f"--num_gpus={n}"] if n else []) + ["--module", "simple_rlhf"]
+            return [launcher("torchrun"), f"--nproc_per_node={n or 'gpu'}", "-m", "simple_rlhf"]
+        return (
+            [launcher("deepspeed")]
+            + ([f"--num_gpus={n}"] if n else [])
+            + ["--module", "simple_rlhf"]
+        )
     return (
-        ["deepspeed", f"--hostfile={cfg.hostfile}"]
+        [launcher("deepspeed"), f"--hostfile={cfg.hostfile}"]
         + ([f"--num_gpus={n}"] if n else [])
         + ["--module", "simple_rlhf"]
     )
