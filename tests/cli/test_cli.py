@@ -48,3 +48,17 @@ def test_python_dash_m_and_fast_import():
     code = "import sys, simple_rlhf, simple_rlhf.cli.main; print('torch' in sys.modules)"
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert res.stdout.strip() == "False"
+
+
+def test_config_error_is_said_once_under_a_launcher(capsys, monkeypatch):
+    """One process: the error as is. Under torchrun (RANK set) rank 0 says it with its rank and
+    the other ranks, which read the same options, stay quiet; all exit with 2."""
+    argv = ["sft", "--max-seq-len", "8", "--max-prompt-len", "16"]
+    assert main(argv) == 2
+    assert "simple-rlhf sft: error: " in capsys.readouterr().err
+    monkeypatch.setenv("RANK", "0")
+    assert main(argv) == 2
+    assert "simple-rlhf sft [rank 0]: error: " in capsys.readouterr().err
+    monkeypatch.setenv("RANK", "1")
+    assert main(argv) == 2
+    assert capsys.readouterr().err == ""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from collections.abc import Sequence
 
@@ -131,7 +132,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         cfg = config_from_args(config_cls, args)
         getattr(module, run_name)(cfg)
     except errors as e:
-        print(f"simple-rlhf {name}: error: {e}", file=sys.stderr)
+        from simple_rlhf.config import ConfigError
+
+        rank = os.environ.get("RANK")  # set by torchrun / the deepspeed launcher
+        if rank is None:
+            print(f"simple-rlhf {name}: error: {e}", file=sys.stderr)
+        elif rank == "0" or not isinstance(e, ConfigError):
+            # every rank reads the same options: a config error is said once, by rank 0
+            print(f"simple-rlhf {name} [rank {rank}]: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"simple-rlhf {name}: interrupted", file=sys.stderr)
