@@ -92,7 +92,7 @@ from simple_rlhf.losses.reward import (
     pairwise_loss,
 )
 from simple_rlhf.models.loading import load_tokenizer
-from simple_rlhf.models.lora import apply_lora
+from simple_rlhf.models.lora import apply_lora, check_qlora
 from simple_rlhf.models.reward import STATS_FILE, head_values, load_reward_model
 from simple_rlhf.trainers import common
 from simple_rlhf.trainers.reward_eval import (
@@ -277,9 +277,8 @@ def run(cfg: RewardConfig) -> dict[str, Any]:
         evals, eval_stats = load_encoded(tokenizer, cfg.data, "pair", step=2, split="eval")
     if not train:
         raise ValueError("no training pairs left after length filtering: raise --max-seq-len")
-    if cfg.lora.load_in_4bit and cfg.lora.lora_dim <= 0:
-        raise ConfigError("load_in_4bit (QLoRA) trains through LoRA only: set --lora-dim")
     plan = dist.plan(o, cfg.model.dtype)  # before loading: ZeRO-3 partitions at load
+    check_qlora(cfg.lora, plan.zero_stage)  # QLoRA: LoRA on, not ZeRO-3
     with plan.loading():
         model = load_reward_model(
             cfg.model.model_name_or_path,
