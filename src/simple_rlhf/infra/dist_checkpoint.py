@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from simple_rlhf.infra import checkpoint as ck
+from simple_rlhf.infra.distributed import is_4bit_param
 
 KEEP = 2
 
@@ -85,7 +86,7 @@ def load_checkpoint(path: str | Path, engines: Mapping[str, Any]) -> dict[str, A
         if e.kind == "ds":
             # a 4-bit (QLoRA) base keeps quantisation state tensors the checkpoint does not hold
             # (the base is rebuilt exactly at load); everything trainable is still restored
-            quantized = any(type(p).__name__ == "Params4bit" for p in e.module.parameters())
+            quantized = any(is_4bit_param(p) for p in e.module.parameters())
             e.model.load_checkpoint(str(path), tag=name, load_module_strict=not quantized)
         else:
             blob = torch.load(path / f"{name}.pt", weights_only=False)

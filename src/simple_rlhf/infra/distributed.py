@@ -269,7 +269,8 @@ def _leave_together_at_exit() -> None:
     atexit.register(shutdown)
 
 
-def _is_4bit(p: torch.Tensor) -> bool:
+def is_4bit_param(p: torch.Tensor) -> bool:
+    """A bitsandbytes 4-bit (QLoRA) weight: two values packed per byte, shape in its quant_state."""
     return type(p).__name__ == "Params4bit" and getattr(p, "quant_state", None) is not None
 
 
@@ -278,7 +279,11 @@ def count_parameters(model: torch.nn.Module) -> tuple[int, int]:
     bitsandbytes 4-bit weights (two values packed per byte: counted unpacked)."""
     total = trainable = 0
     for p in model.parameters():
-        n = int(p.quant_state.shape.numel()) if _is_4bit(p) else getattr(p, "ds_numel", p.numel())
+        n = (
+            int(p.quant_state.shape.numel())
+            if is_4bit_param(p)
+            else getattr(p, "ds_numel", p.numel())
+        )
         total += n
         trainable += n if p.requires_grad else 0
     return total, trainable
@@ -332,7 +337,7 @@ class Plan:
     def wrap(self, model: Any, optimizer: Any, scheduler: Any) -> Engine:
         """Plain model (one process), DDP (several, no DeepSpeed) or ``deepspeed.initialize``."""
         d = self.dist
-        if self.zero_stage == 3 and any(_is_4bit(p) for p in model.parameters()):
+        if self.zero_stage == 3 and any(is_4bit_param(p) for p in model.parameters()):
             from simple_rlhf.config import ConfigError
 
             raise ConfigError(

@@ -83,7 +83,7 @@ from simple_rlhf.data.pipeline import load_encoded
 from simple_rlhf.infra.checkpoint import latest_checkpoint
 from simple_rlhf.infra.dist_checkpoint import load_checkpoint, save_checkpoint
 from simple_rlhf.infra.distributed import Dist, init_distributed
-from simple_rlhf.infra.logging import MetricsLogger, format_metrics
+from simple_rlhf.infra.logging import format_metrics
 from simple_rlhf.infra.seed import set_seed
 from simple_rlhf.losses.reward import (
     REWARD_LOSS_NAMES,
@@ -291,24 +291,13 @@ def run(cfg: RewardConfig) -> dict[str, Any]:
             head_seed=o.seed,  # a new head is the same under any loading (ZeRO-3 included)
         )
     model = apply_lora(model, cfg.lora, task_type="SEQ_CLS", extra_trainable=["score"])
-    per_epoch = common.steps_per_epoch(
-        len(train), o.per_device_train_batch_size, o.gradient_accumulation_steps, dist.world_size
-    )
-    total_steps = o.max_steps or per_epoch * o.num_train_epochs
+    total_steps = common.total_training_steps(o, len(train), dist.world_size)
     optimizer = common.build_optimizer(model, o, cfg.lora)
     scheduler = common.build_scheduler(optimizer, o, total_steps)
     engine = plan.wrap(model, optimizer, scheduler)  # plain / DDP / DeepSpeed
     if dist.world_size > 1:
         set_seed(dist.rank_seed(o.seed))  # dropout differs per rank
-    logger = MetricsLogger(
-        out_dir,
-        cfg.log.report_to,
-        total_steps=total_steps,
-        progress_bar=cfg.log.progress_bar,
-        enabled=dist.is_main,
-    )
-    if dist.is_main:
-        common.save_run_config(out_dir, cfg)
+    logger = common.start_logger(cfg, dist, total_steps)  # writes on rank 0 only
     global_pairs = o.per_device_train_batch_size * dist.world_size * o.gradient_accumulation_steps
     logger.print(
         f"[reward] {engine.describe()}\n[reward] loss {ra.loss_type}; train pairs: "
