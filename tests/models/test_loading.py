@@ -57,7 +57,7 @@ def test_set_dropout_covers_both_naming_styles():
 
 
 def test_missing_model_is_a_clear_error(tmp_path):
-    with pytest.raises(ModelLoadError, match="could not load"):
+    with pytest.raises(ModelLoadError, match="no such folder"):
         load_tokenizer(str(tmp_path / "nope"))
 
 
@@ -93,3 +93,33 @@ def test_other_architectures_from_local_folders(tiny_base, tmp_path, arch):
     model = load_causal_lm(str(tmp_path / arch), tok, dropout=0.0).eval()
     ids = torch.tensor([encode_prompt(tok, [{"role": "user", "content": "hi"}])])
     assert model(ids).logits.shape[-1] >= len(tok)
+
+
+def test_missing_local_looking_path_fails_at_once(tmp_path, monkeypatch):
+    """A path that can only be local (absolute, ./, or under an existing folder) is refused before
+    any Hub request, naming the path; the Hub is never asked (its resolver would fail the test)."""
+    from simple_rlhf.models import loading
+
+    monkeypatch.setattr(loading, "_hub_reachable", lambda: pytest.fail("asked the Hub"))
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "outputs").mkdir()
+    for name in (str(tmp_path / "nope"), "./nope", "outputs/ppo", "a/b/c"):
+        with pytest.raises(ModelLoadError, match="no such folder") as e:
+            load_causal_lm(name)
+        assert repr(name) in str(e.value)
+
+
+def test_hub_name_without_network_fails_at_once(tmp_path, monkeypatch):
+    """An ``org/name`` id with no local folder, not cached, and an unreachable Hub: one clear error
+    (not a minute of retries); with HF_HUB_OFFLINE=1 the check steps aside for from_pretrained."""
+    from simple_rlhf.models import loading
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(loading, "_hub_reachable", lambda: False)
+    with pytest.raises(ModelLoadError, match="Hub cannot be reached") as e:
+        load_tokenizer("some-org/some-model")
+    assert "'some-org/some-model'" in str(e.value)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    loading.check_findable("some-org/some-model")  # left to from_pretrained (and its cache)
+    loading.check_findable("tiny")

@@ -47,6 +47,63 @@ def _explain(what: str, name: str, err: Exception) -> ModelLoadError:
     return ModelLoadError(f"could not load {what} from {name!r}: {type(err).__name__}: {hint}")
 
 
+def _looks_local(name: str) -> bool:
+    """A name that can only mean a folder here: absolute, ``./``, ``../``, ``~``, more than one
+    ``/``, or ``a/b`` where ``a`` is an existing folder (Hub ids are ``org/name``)."""
+    parts = name.split("/")
+    return (
+        Path(name).is_absolute()
+        or name.startswith((".", "~"))
+        or len(parts) > 2
+        or (len(parts) == 2 and Path(parts[0]).is_dir())
+    )
+
+
+def _hub_reachable(host: str = "huggingface.co") -> bool:
+    """Whether the Hub's host name resolves (a missing network fails here at once, where the Hub
+    client would retry for about a minute)."""
+    import socket
+
+    try:
+        socket.getaddrinfo(host, 443)
+    except OSError:
+        return False
+    return True
+
+
+def _in_hub_cache(repo_id: str) -> bool:
+    """Whether the local Hub cache holds this repository's ``config.json``."""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        return isinstance(try_to_load_from_cache(repo_id, "config.json"), str)
+    except Exception:  # noqa: BLE001 - an invalid repo id is simply not cached
+        return False
+
+
+def check_findable(name_or_path: str) -> None:
+    """Fail at once, naming the path, when ``name_or_path`` is not a local folder and cannot be a
+    Hub download: it looks like a local path, or the Hub is unreachable and the repository is not
+    in the local Hub cache (offline mode and cached repositories are left to ``from_pretrained``).
+    """
+    import os
+
+    if name_or_path == tiny.TINY_NAME or Path(name_or_path).expanduser().is_dir():
+        return
+    if _looks_local(name_or_path):
+        raise ModelLoadError(
+            f"{name_or_path!r}: no such folder (a local path; from {os.getcwd()!r}): check the "
+            "path, or train the model there first"
+        )
+    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+    if not offline and not _in_hub_cache(name_or_path) and not _hub_reachable():
+        raise ModelLoadError(
+            f"{name_or_path!r}: not a local folder, and the Hugging Face Hub cannot be reached "
+            "(no network): give a local folder (or 'tiny'), or set HF_HUB_OFFLINE=1 to use the "
+            "local Hub cache"
+        )
+
+
 def load_tokenizer(
     name_or_path: str, *, trust_remote_code: bool = False, padding_side: str = "right"
 ) -> PreTrainedTokenizerBase:
@@ -54,6 +111,7 @@ def load_tokenizer(
     from transformers import AutoTokenizer
 
     _quiet_transformers()
+    check_findable(name_or_path)
     path = tiny.resolve(name_or_path)
     try:
         tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
@@ -174,6 +232,7 @@ def load_causal_lm(
     from transformers import AutoConfig, AutoModelForCausalLM
 
     _quiet_transformers()
+    check_findable(name_or_path)
     path = tiny.resolve(name_or_path)
     if is_adapter_folder(path):
         return _load_adapter_folder(
