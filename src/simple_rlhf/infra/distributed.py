@@ -214,6 +214,8 @@ def init_distributed(args: Any = None, *, deepspeed: bool = False) -> Dist:
     args = args if args is not None else DistArgs()
     ranks = _launcher_ranks(args.local_rank)
     use_ds = deepspeed or args.zero_stage is not None or args.deepspeed_config is not None
+    if not torch.cuda.is_available():  # DeepSpeed would guess CPU anyway, with a warning
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
     if (ranks is None or ranks[1] == 1) and not use_ds:
         return Dist(args, device=torch.device("cuda" if torch.cuda.is_available() else "cpu"))
     if ranks is None:  # DeepSpeed in a single process: a one-rank group of our own
@@ -227,8 +229,6 @@ def init_distributed(args: Any = None, *, deepspeed: bool = False) -> Dist:
     cuda = torch.cuda.is_available()
     if cuda:
         torch.cuda.set_device(local)
-    else:
-        os.environ.setdefault("DS_ACCELERATOR", "cpu")
     device = torch.device("cuda", local) if cuda else torch.device("cpu")
     backend = args.dist_backend or ("nccl" if cuda else "gloo")
     if not torch.distributed.is_initialized():
