@@ -29,11 +29,26 @@ Why the loss is often ~0: with mu = 1 and one minibatch, ``rho = 1`` so the loss
 and group-normalised advantages average to ~0 in every group; the gradient ``-mean(A grad logp)``
 is not 0. A run prints this once, with the gradient norm and the fraction of zero-advantage groups.
 
-Deviations: one process (no distributed training yet); dropped groups are not re-sampled (the
-buffer shrinks instead); a "step" of logging/eval/save is one rollout. Dropout is off.
+Deviations: dropped groups are not re-sampled (the buffer shrinks instead); a "step" of
+logging/eval/save is one rollout. Dropout is off.
+
+Several processes (torchrun / deepspeed launcher; ``trainers/online_dist.py``), as PPO: one
+policy engine (DDP, or ``--zero-stage 0-3`` with ``--offload``), the reference and the reward
+model following its stage (``--offload-reference-model``: their parameters on CPU under ZeRO-3).
+``prompts_per_rollout`` stays the global batch: rank ``r`` samples, scores and evaluates its
+contiguous slice of whole prompt groups (``prompts_per_rollout`` must be a multiple of the
+number of processes), the pieces are gathered on every rank, so group baselines, REINFORCE++'s
+batch whitening, the KL, dynamic sampling and the metrics are those of the global batch. A
+minibatch is ``per_device_train_batch_size x gradient_accumulation_steps x N`` rows drawn alike on
+every rank; each rank runs its slice with the global micro-batch weights and the loss times ``N``,
+so N ranks equal one process on the same rollout batch (tested with a per-row sampling seed, since
+a sampled batch depends on its composition). Under ZeRO-3 the policy generates with
+``synced_gpus`` and every rank evaluates the same held-out prompts; rank 0 saves (gathered under
+ZeRO-3); ``--save-steps`` writes resumable engine checkpoints (``infra/dist_checkpoint.py``).
 
 Code: what these trainers share with PPO (models, prompt stream, rollout + scoring, the clipped
-policy loss, evaluation and reporting) is in ``trainers/online.py``.
+policy loss, evaluation and reporting) is in ``trainers/online.py``, the multi-process pieces in
+``trainers/online_dist.py``.
 
 Measured (benchmarks/grpo_results.md, mean of 3 seeds, 8 rollouts of 8 prompts x 4 responses,
 5-7 CPU-seconds each): held-out greedy gold 0.80 -> 0.95 (GRPO), 0.95 (RLOO), 0.95 (REINFORCE++),
@@ -49,11 +64,15 @@ With the step-2 RM as the reward::
 
     simple-rlhf grpo --config configs/tiny/grpo.yaml --reward-model outputs/reward --reward-funcs
 
-Several GPUs: not yet supported by this trainer (runs in one process).
+Several GPUs (or CPU processes over gloo)::
+
+    torchrun --nproc_per_node 8 -m simple_rlhf grpo --config configs/tiny/grpo.yaml --zero-stage 2
+    deepspeed --num_gpus 8 --module simple_rlhf grpo ... --zero-stage 3 --offload-reference-model
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 from typing import Any
@@ -61,18 +80,19 @@ from typing import Any
 import torch
 
 from simple_rlhf.config import ConfigError, DataArgs, LogArgs, LoraArgs, OptimArgs, fld, section
-from simple_rlhf.infra.checkpoint import save_checkpoint
+from simple_rlhf.infra.distributed import count_parameters, init_distributed
 from simple_rlhf.infra.seed import set_seed
 from simple_rlhf.losses.advantages import ADVANTAGE_ESTIMATORS, group_all_equal
 from simple_rlhf.losses.kl import KL_ESTIMATORS
 from simple_rlhf.losses.reduce import AGGREGATIONS
-from simple_rlhf.models.loading import count_parameters
 from simple_rlhf.rollout import experience as xp
 from simple_rlhf.rollout.generate import SamplingArgs
 from simple_rlhf.trainers import common
 from simple_rlhf.trainers import online as ol
+from simple_rlhf.trainers import online_dist as od
 from simple_rlhf.trainers.online import (
     REWARD_FUNCS_HELP,
+    Learner,
     OnlineMonitorArgs,
     PolicyLossSpec,
     loss_mask,
@@ -82,6 +102,7 @@ from simple_rlhf.trainers.online import (
 __all__ = [
     "KL_MODES",
     "CriticFreeArgs",
+    "GRPODistArgs",
     "GRPOConfig",
     "GroupBatchArgs",
     "PolicyModelArgs",
@@ -157,6 +178,9 @@ class CriticFreeArgs:
     mask_truncated: bool = fld(False, "leave responses without EOS out of the loss")
 
 
+GRPODistArgs = od.PolicyDistArgs  # --zero-stage, --offload, --offload-reference-model, ...
+
+
 def _stage_config(name: str, estimator: str, kl_mode: str, aggregation: str, kl_est: str) -> Any:
     """A stage config class (GRPO/RLOO/REINFORCE++) differing only in defaults."""
 
@@ -187,6 +211,7 @@ def _stage_config(name: str, estimator: str, kl_mode: str, aggregation: str, kl_
         lora: LoraArgs = section(LoraArgs)
         log: LogArgs = section(lambda: LogArgs(output_dir=f"outputs/{name}", logging_steps=1))
         monitor: OnlineMonitorArgs = section(OnlineMonitorArgs)
+        dist: GRPODistArgs = section(GRPODistArgs)
 
         def __post_init__(self) -> None:
             validate(self)
@@ -303,32 +328,48 @@ def minibatch_step(
 
 
 def update(
-    model: Any,
-    optimizer: torch.optim.Optimizer,
-    scheduler: Any,
+    learner: Learner,
     exp: xp.Experience,
     cfg: Any,
     *,
     temperature: float,
     seed: int,
+    dist: Any = None,
 ) -> dict[str, float]:
     """``num_iterations`` passes over the kept rows, reshuffled (``seed + pass``); the last
-    minibatch of a pass may be smaller (dynamic sampling shrinks the buffer)."""
+    minibatch of a pass may be smaller (dynamic sampling shrinks the buffer).
+
+    With an engine (``learner.engine``; ``dist`` its ranks): every rank holds the global buffer
+    and draws the same minibatches of ``micro x accumulation x N`` rows; rank ``r`` runs its slice
+    (``online_dist.rank_slice``), weighted relative to the global minibatch, loss times ``N``; the
+    metric sums are added over ranks, so the step and the metrics equal one process's."""
     o = cfg.optim
-    mini = o.per_device_train_batch_size * o.gradient_accumulation_steps
+    world = dist.world_size if dist is not None else 1
+    mini = o.per_device_train_batch_size * o.gradient_accumulation_steps * world
     constant = float(cfg.sampling.max_new_tokens)
     totals: dict[str, float] = {}
     n = 0
-    model.train()
+    learner.model.train()
     for it in range(cfg.batch.num_iterations):
         for idx in xp.minibatches(len(exp), mini, seed + it):
-            m = minibatch_step(
-                model, optimizer, exp.index(idx), o.per_device_train_batch_size, cfg.rl,
-                temperature=temperature, agg_constant=constant, max_grad_norm=o.max_grad_norm,
-            )  # fmt: skip
-            scheduler.step()
+            if learner.engine is not None:  # DDP / DeepSpeed (also in one process)
+                mb, norm_mb = od.rank_slice(exp, idx, dist)
+                m = policy_backward(
+                    learner.model, mb, o.per_device_train_batch_size,
+                    loss_spec(cfg.rl, constant), temperature=temperature, learner=learner,
+                    norm_mb=norm_mb, scale=float(world),
+                )  # fmt: skip
+                m["policy/grad_norm"] = learner.step()  # clip, step, schedule (global norm)
+            else:
+                m = minibatch_step(
+                    learner.model, learner.optimizer, exp.index(idx), o.per_device_train_batch_size,
+                    cfg.rl, temperature=temperature, agg_constant=constant,
+                    max_grad_norm=o.max_grad_norm,
+                )  # fmt: skip
+                learner.scheduler.step()
             ol.accumulate(totals, m)
             n += 1
+    totals = od.reduce_update_metrics(dist, totals)
     return {k: v / max(n, 1) for k, v in totals.items()} | {"train/optimizer_steps": float(n)}
 
 
@@ -360,24 +401,27 @@ SHOWN = (
 
 def run(cfg: Any) -> dict[str, Any]:
     """Roll out K per prompt, score, advantages by name, mu clipped updates; evaluate; save."""
-    set_seed(cfg.optim.seed)
+    dist = init_distributed(cfg.dist)  # one process: no process group, nothing changes
+    set_seed(cfg.optim.seed)  # the same on every rank: LoRA initialisation agrees
     m, o, r, k = cfg.model, cfg.optim, cfg.rl, cfg.batch.num_generations
-    tag, out_dir = type(cfg).__name__.removesuffix("Config").lower(), cfg.log.output_dir
-    tokenizer = ol.load_run_tokenizer(m, m.model_name_or_path)
+    tag, multi = type(cfg).__name__.removesuffix("Config").lower(), dist.initialized
+    with dist.main_first():  # the node's main rank builds the tiny model / data cache first
+        tokenizer = ol.load_run_tokenizer(m, m.model_name_or_path)
+        prompts, pstats = ol.load_prompts(tokenizer, cfg.data)
+    od.check_world(
+        cfg.batch.prompts_per_rollout, k, o.per_device_train_batch_size,
+        o.gradient_accumulation_steps, dist.world_size,
+    )  # fmt: skip
     use_ref = r.kl_mode != "none" and r.kl_coef > 0
-    policy, ref = ol.load_policy(
-        m.model_name_or_path, m, cfg.lora, tokenizer, with_reference=use_ref
-    )
-    fb = cfg.batch.forward_batch_size
-    reward = ol.build_run_reward(cfg.reward.reward_model, cfg.reward, m, fb)
-    prompts, pstats = ol.load_prompts(tokenizer, cfg.data)
     n_rollouts = num_rollouts(cfg, len(prompts))
-    mini = o.per_device_train_batch_size * o.gradient_accumulation_steps
+    mini = o.per_device_train_batch_size * o.gradient_accumulation_steps * dist.world_size
     per_rollout = cfg.batch.num_iterations * cfg.batch.prompts_per_rollout * k // mini
-    optimizer = common.build_optimizer(policy, o, cfg.lora)
-    scheduler = common.build_scheduler(optimizer, o, n_rollouts * per_rollout)
-    logger = ol.start_logger(cfg, n_rollouts)
-    n_all, n_train = count_parameters(policy)
+    setup = od.setup_policy(cfg, tokenizer, dist, n_rollouts * per_rollout, use_reference=use_ref)
+    policy, learner, reward = setup.policy, setup.learner, setup.reward
+    logger = common.start_logger(cfg, dist, n_rollouts)  # writes on rank 0 only
+    if multi:
+        logger.print(f"[{tag}] policy: {setup.engine.describe()}")
+    n_all, n_train = count_parameters(policy)  # full sizes under ZeRO-3 too
     logger.print(
         f"[{tag}] policy {n_all / 1e6:.2f}M parameters ({n_train / 1e6:.2f}M trainable); "
         f"advantages {r.advantage_estimator}, loss {r.loss_aggregation}, KL {r.kl_mode} "
@@ -385,16 +429,23 @@ def run(cfg: Any) -> dict[str, Any]:
     )
     logger.print(
         f"[{tag}] each rollout: {cfg.batch.prompts_per_rollout} prompts x {k} responses, "
-        f"{cfg.batch.num_iterations} pass(es) in minibatches of {mini} = up to {per_rollout} "
-        f"optimiser steps; {n_rollouts} rollouts"
+        f"{cfg.batch.num_iterations} pass(es) in minibatches of {mini}"
+        + (f" ({dist.world_size} processes)" if multi else "")
+        + f" = up to {per_rollout} optimiser steps; {n_rollouts} rollouts"
     )
-    models, opts, scheds = {"policy": policy}, {"policy": optimizer}, {"policy": scheduler}
-    state = ol.resume(cfg, models, opts, scheds)
+    state = od.resume(cfg, setup, dist)
     step = state["step"] if state else 0
     if state:
         logger.print(f"[{tag}] resumed from {state['path']} at rollout {step}")
     temperature = xp.logprob_temperature(cfg.sampling)
-    evaluate = ol.make_evaluator(tag, policy, tokenizer, reward, cfg, logger)
+    gen_ctx = setup.plan.hf_current if multi else contextlib.nullcontext
+    # several processes: every rank evaluates the same prompts (ZeRO-3 forwards are collective)
+    evaluate_all = ol.make_evaluator(tag, policy, tokenizer, reward, cfg, logger)
+
+    def evaluate(when: str, at: int) -> dict[str, float]:
+        with gen_ctx():
+            return evaluate_all(when, at)
+
     summary: dict[str, Any] = {}
     if step == 0:
         summary["before"] = evaluate("before training", step)
@@ -402,18 +453,18 @@ def run(cfg: Any) -> dict[str, Any]:
     stream = ol.prompt_stream(prompts, cfg.batch.prompts_per_rollout, o.seed, start=step)
     last_eval, metrics, explained = -1, {}, False
     while step < n_rollouts:
-        rows = ol.rollout_rows(next(stream), k)  # the K samples of a prompt are contiguous
-        rollout, texts, scores, r_metrics = ol.sample_and_score(
-            policy, tokenizer, rows, cfg, reward, seed=o.seed * 100003 + step, timer=timer
-        )
+        # this rank's whole prompt groups; the K samples of a prompt are contiguous rows
+        rows = ol.rollout_rows(dist.shard(next(stream)), k)
+        g = od.sample_rollout(
+            setup, tokenizer, rows, cfg, dist, seed=o.seed * 100003 + step, timer=timer,
+            temperature=temperature, use_reference=use_ref,
+        )  # fmt: skip
+        rollout, scores = g.rollout, g.scores  # the global batch
         with timer("experience"):
-            old_lp, ref_lp, entropy = ol.old_and_reference_logprobs(
-                policy, ref, rollout, temperature=temperature, batch_size=fb, use_reference=use_ref
-            )
             exp, e_metrics = xp.make_experience(
                 rollout,
-                old_lp,
-                ref_lp,
+                g.old_lp,
+                g.ref_lp,
                 scores,
                 kl_coef=r.kl_coef if use_ref else 0.0,
                 kl_estimator=r.kl_estimator if r.kl_mode == "reward" else "k3",
@@ -423,9 +474,9 @@ def run(cfg: Any) -> dict[str, Any]:
                 gamma=r.gamma,
                 whiten_advantages=r.whiten_advantages,
             )
-            e_metrics["policy/entropy"] = entropy
-            n_groups = len(rows) // k
-            keep, n_dropped = filter_groups(scores, k) if k > 1 else (list(range(len(rows))), 0)
+            e_metrics["policy/entropy"] = g.entropy
+            n_groups = len(rollout) // k
+            keep, n_dropped = filter_groups(scores, k) if k > 1 else (list(range(len(exp))), 0)
             e_metrics["rollout/zero_adv_group_frac"] = n_dropped / n_groups if k > 1 else 0.0
             e_metrics["rollout/truncated_frac"] = float(1 - rollout.has_eos.float().mean())
             if r.dynamic_sampling:
@@ -435,12 +486,12 @@ def run(cfg: Any) -> dict[str, Any]:
             t_metrics = {}
             if len(exp):
                 t_metrics = update(
-                    policy, optimizer, scheduler, exp, cfg,
-                    temperature=temperature, seed=o.seed * 7919 + step,
+                    learner, exp, cfg, temperature=temperature, seed=o.seed * 7919 + step,
+                    dist=dist if multi else None,
                 )  # fmt: skip
         step += 1
-        metrics = {**r_metrics, **e_metrics, **t_metrics, **timer.pop()}
-        metrics["train/lr"] = scheduler.get_last_lr()[0]
+        metrics = {**g.r_metrics, **e_metrics, **t_metrics, **timer.pop()}
+        metrics["train/lr"] = learner.scheduler.get_last_lr()[0]
         if not len(exp):
             logger.print(
                 f"[{tag}] rollout {step}: every group had equal rewards, all dropped (no update)"
@@ -448,12 +499,13 @@ def run(cfg: Any) -> dict[str, Any]:
         elif not explained and abs(metrics.get("policy/loss", 1.0)) < 1e-3:
             logger.print(f"[{tag}] note: {zero_loss_diagnostic(metrics)}")
             explained = True
-        ol.report_rollout(cfg, logger, tag, step, n_rollouts, metrics, SHOWN, (rows, texts, scores))
+        sample = (rows, g.texts, g.local_scores)
+        ol.report_rollout(cfg, logger, tag, step, n_rollouts, metrics, SHOWN, sample)
         if cfg.log.eval_steps and step % cfg.log.eval_steps == 0:
             summary[f"rollout_{step}"] = evaluate(f"rollout {step}", step)
             last_eval = step
         if cfg.log.save_steps and step % cfg.log.save_steps == 0:
-            save_checkpoint(out_dir, step, models=models, optimizers=opts, schedulers=scheds)
+            od.save(cfg, step, setup, dist)
 
     ol.finish_summary(summary, evaluate, step, last_eval, metrics, SHOWN)
-    return common.finish_training(policy, tokenizer, cfg, summary, logger, tag)
+    return od.finish(cfg, setup, dist, tokenizer, summary, logger, tag)

@@ -143,14 +143,6 @@ def build_run_reward(
     )
 
 
-def start_logger(cfg: Any, total_rollouts: int) -> MetricsLogger:
-    """The run's metrics logger (progress counted in rollouts); saves the run config. One
-    process: these trainers are not distributed yet."""
-    from simple_rlhf.infra.distributed import Dist
-
-    return common.start_logger(cfg, Dist(args=None), total_rollouts)
-
-
 def describe_reward(reward: CombinedReward) -> str:
     """``1*rm + 0.5*tiny_gold``."""
     return " + ".join(f"{w:g}*{n}" for n, w in zip(reward.names, reward.weights, strict=True))
