@@ -27,6 +27,7 @@ from simple_rlhf.trainers.distill import (
     load_teacher,
     pack,
     run,
+    slow_start_note,
     split_prompt_response,
     teacher_generations,
     unpack,
@@ -172,6 +173,18 @@ def test_lmbda_coin_frequency_over_many_micro_batches() -> None:
     a = [is_on_policy(7, i, 0.5) for i in range(64)]
     assert a == [is_on_policy(7, i, 0.5) for i in range(64)]
     assert a != [is_on_policy(8, i, 0.5) for i in range(64)]
+
+
+def test_slow_start_note_only_for_far_students_with_reverse_kl_or_own_samples() -> None:
+    """The note fires when the held-out forward KL is above 1 nat/token (a fresh tiny student: 6.37)
+    and the run has beta > 0 or lmbda > 0; never for supervised forward KL (lmbda 0, beta 0) and
+    never for a student already close to its teacher (an SFT student: 0.03-0.13)."""
+    far, near = 6.37, 0.13
+    assert slow_start_note(DistillArgs(lmbda=0.0, beta=0.0), far) is None
+    assert slow_start_note(DistillArgs(lmbda=1.0, beta=1.0), near) is None
+    for lmbda, beta in ((1.0, 1.0), (0.0, 1.0), (1.0, 0.0), (0.5, 0.5)):
+        note = slow_start_note(DistillArgs(lmbda=lmbda, beta=beta), far)
+        assert note is not None and "6.37" in note and "--lmbda 0 --beta 0" in note
 
 
 def test_seq_kd_replaces_responses_with_teacher_generations(tiny_sft) -> None:

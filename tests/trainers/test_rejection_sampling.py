@@ -20,10 +20,12 @@ from simple_rlhf.rollout.rewards import CombinedReward
 from simple_rlhf.trainers.rejection_sampling import (
     RejectionSamplingArgs,
     RejectionSamplingConfig,
+    prompt_chunks,
     reward_source,
     round_prompts,
     run,
     sample_and_select,
+    sample_chunks,
     select_best_worst,
     write_jsonl,
 )
@@ -126,6 +128,26 @@ def test_best_of_n_selection_and_jsonl_read_back(tmp_path, tiny_sft) -> None:
             DataSpec(paths=(str(tmp_path / "pairs.jsonl"),), eval_fraction=0.0), "pair", None
         )
         assert len(pairs) == len(pair_rows)
+
+
+def test_chunks_are_sampled_independently_of_how_they_are_split(tiny_sft) -> None:
+    """5 prompts x 4 samples with generation batch 8: chunks of 8 // 4 = 2 prompts, [0, 1],
+    [2, 3], [4]. Sampling chunks 0-2 in one call or chunk 0 and chunks 1-2 apart (as 2 ranks do)
+    gives the same responses and scores (each chunk has its own seed)."""
+    assert prompt_chunks(5, 4, 8) == [range(0, 2), range(2, 4), range(4, 5)]
+    assert prompt_chunks(3, 16, 8) == [range(0, 1), range(1, 2), range(2, 3)]
+    tok = load_tokenizer(str(tiny_sft))
+    policy = load_causal_lm(str(tiny_sft), tok)
+    recs = [to_prompt(r) for r in raw_records("train", n=5, seed=5)]
+    prompts, _ = encode_prompts(tok, recs, Limits(256, 192))
+    sampling = SamplingArgs(temperature=1.0, max_new_tokens=16, generation_batch_size=8)
+    reward = CombinedReward([("length", lambda ps, rs, **_: [float(len(r)) for r in rs])])
+    chunks = prompt_chunks(5, 4, 8)
+    whole = sample_chunks(policy, tok, prompts, chunks, reward, sampling, 4, seed=3)
+    split = sample_chunks(policy, tok, prompts, chunks[:1], reward, sampling, 4, seed=3)
+    split += sample_chunks(policy, tok, prompts, chunks[1:], reward, sampling, 4, seed=3)
+    assert len(whole) == 5 and whole == split
+    assert len({t for s in whole for t in s["texts"]}) > 5  # really sampled
 
 
 @pytest.mark.slow

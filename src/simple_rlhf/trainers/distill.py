@@ -30,14 +30,15 @@ otherwise). ``--load-in-4bit`` (QLoRA, with ``--lora-dim``) applies to the stude
 KL(teacher || student) and the student's NLL of the dataset responses; on the tiny task the greedy
 gold reward of the student (and once of the teacher).
 
-Measured (``benchmarks/distill_results.md``; seed 1234; student = the tiny SFT model, greedy gold
-0.755; 125 steps of 16, lr 1e-3): from the step-3 PPO teacher (0.962) supervised KD reaches 0.967,
-GKD (lmbda 1, beta 0.5) 0.979, SeqKD 0.979; from a rejection-sampling teacher (0.977) the six
-runs lmbda {0, 1} x beta {0, 0.5, 1} reach 0.948-0.964 (forward KL to the teacher 0.134 ->
-0.007-0.035) and SeqKD 0.977. A fresh tiny student (500 steps, lr 3e-3) from the PPO teacher:
-supervised KD 0 -> 0.990 at beta 0, 0.693 at beta 0.5, 0.015 at beta 1, and GKD (lmbda 1, beta
-0.5) 0.054: from scratch use forward KL on data first (the paper also starts GKD from an SFT
-student).
+Measured (``benchmarks/distill_results.md``; seed 1234). A fresh tiny student from the actor of a
+default ``simple-rlhf train`` run (gold 0.914), lr 3e-3: supervised KD (lmbda 0) in 1500 steps
+reaches 0.967 / 0.779 / 0.638 at beta 0 / 0.5 / 1 and SeqKD 0.980; fully on-policy (lmbda 1) in
+4500 steps 0.961 / 0.758 / 0.762 (at beta 0.5 only 0.147 over a 1500-step schedule: on its own
+samples a random student learns to copy the asked things late, after the cosine lr has decayed).
+From the SFT student (0.755), 125 steps at lr 1e-3, every lmbda x beta run reaches 0.95-0.98. A
+run that starts far from its teacher with beta > 0 or lmbda > 0 prints a note
+(:func:`slow_start_note`): supervised forward KL first is the fast route, and the GKD paper too
+starts on-policy distillation from a supervised student.
 
 One CPU, tiny task: a fresh tiny student (the default) by supervised KD, then GKD from the SFT one::
 
@@ -53,8 +54,11 @@ A real pair of models, QLoRA on the student::
         --lora-dim 64 --load-in-4bit --learning-rate 1e-4 --lmbda 0.5 --beta 0.5 \\
         --output-dir outputs/gkd
 
-One process only: this trainer is not wired to ``infra/distributed.py`` yet (under ``torchrun``
-every rank would train its own copy).
+Several processes: the same command under a launcher, DDP or DeepSpeed ZeRO 0-3 for the student,
+the teacher following its stage; N ranks x ``per_device_train_batch_size`` equal one process with
+N x the batch (semantics, sampling, SeqKD, evaluation: ``trainers/distill_dist.py``)::
+
+    torchrun --nproc_per_node 8 -m simple_rlhf distill --zero-stage 3 --dtype bfloat16 ...
 """
 
 from __future__ import annotations
@@ -71,6 +75,7 @@ import torch
 from simple_rlhf.config import (
     ConfigError,
     DataArgs,
+    DistArgs,
     LogArgs,
     LoraArgs,
     ModelArgs,
@@ -80,13 +85,24 @@ from simple_rlhf.config import (
 )
 from simple_rlhf.data.pipeline import load_encoded
 from simple_rlhf.data.tokenize import IGNORE_INDEX, pad
+from simple_rlhf.infra.checkpoint import latest_checkpoint
+from simple_rlhf.infra.dist_checkpoint import load_checkpoint, save_checkpoint
+from simple_rlhf.infra.distributed import count_parameters, init_distributed
 from simple_rlhf.infra.seed import set_seed
 from simple_rlhf.losses.distill import generalized_jsd
 from simple_rlhf.models.forward import forward
-from simple_rlhf.models.loading import ModelLoadError, count_parameters, load_tokenizer
 from simple_rlhf.models.logprobs import token_logprobs
 from simple_rlhf.rollout.generate import Rollout, SamplingArgs, generate, left_pad
 from simple_rlhf.trainers import common
+from simple_rlhf.trainers import distill_dist as dd
+from simple_rlhf.trainers.distill_dist import (  # noqa: F401 - the trainer's pieces, re-exported
+    FAR_FROM_TEACHER_KL,
+    VocabMismatchError,
+    check_same_vocab,
+    load_teacher,
+    rollout_metrics,
+    slow_start_note,
+)
 
 Pair = tuple[list[int], list[int]]  # (prompt_ids, response_ids)
 
@@ -135,6 +151,7 @@ class DistillConfig:
     lora: LoraArgs = section(LoraArgs)
     log: LogArgs = section(lambda: LogArgs(output_dir="outputs/distill"))
     distill: DistillArgs = section(DistillArgs)
+    dist: DistArgs = section(DistArgs)
 
     def __post_init__(self) -> None:
         if self.data.train_on_prompt:
@@ -142,34 +159,6 @@ class DistillConfig:
 
 
 # ---- pieces (tested on their own) ----------------------------------------------------------------
-
-
-class VocabMismatchError(ConfigError):
-    """Teacher and student tokenizers differ, so their distributions cannot be compared."""
-
-
-def check_same_vocab(student_tok: Any, teacher_tok: Any, n_sample: int = 64) -> None:
-    """Raise :class:`VocabMismatchError` unless both tokenizers have the same size and agree on
-    the special tokens and on ``n_sample`` tokens spread evenly over the vocabulary."""
-    n_s, n_t = len(student_tok), len(teacher_tok)
-    if n_s != n_t:
-        raise VocabMismatchError(
-            f"teacher and student tokenizers differ: vocabulary sizes {n_t} (teacher) vs "
-            f"{n_s} (student); distillation compares next-token distributions, so both models "
-            "must use the same tokenizer"
-        )
-    vs, vt = student_tok.get_vocab(), teacher_tok.get_vocab()
-    tokens = sorted(vs)
-    sample = tokens[:: max(1, len(tokens) // max(n_sample, 1))][:n_sample]
-    specials = ("eos_token", "pad_token", "bos_token", "unk_token")
-    sample += [t for t in (getattr(student_tok, a, None) for a in specials) if t is not None]
-    for tok in sample:
-        if vt.get(tok) != vs.get(tok):
-            raise VocabMismatchError(
-                f"teacher and student tokenizers differ: token {tok!r} has id {vt.get(tok)} in "
-                f"the teacher's and {vs.get(tok)} in the student's; both models must use the "
-                "same tokenizer"
-            )
 
 
 def split_prompt_response(example: dict[str, list[int]]) -> Pair:
@@ -263,16 +252,26 @@ def evaluate_divergence(
     batch_size: int,
     pad_id: int,
     eos_id: int,
+    dist: Any = None,
 ) -> dict[str, float]:
     """Held-out token means over the dataset responses: the training divergence
     (``eval/distill_loss``, this run's beta/temperature/top-k), and, comparable across runs,
     ``eval/forward_kl`` = KL(p_T || p_S) at temperature 1 on the full vocabulary and the student's
-    ``eval/nll`` = -log p_S(y_t | y_<t, x) with ``eval/perplexity`` = exp(nll)."""
+    ``eval/nll`` = -log p_S(y_t | y_<t, x) with ``eval/perplexity`` = exp(nll).
+
+    With ``dist`` the pairs are split over the ranks, every rank the same count
+    (``Dist.shard_padded``: the padding copies get response mask 0, so they weigh nothing), and
+    the token sums are added over ranks: every rank returns the global means."""
+    n_real = len(pairs)
+    if dist is not None:
+        pairs, n_real = dist.shard_padded(pairs)
     was_training = student.training
     student.eval()
     sums, count = torch.zeros(3, dtype=torch.float64), 0
-    for chunk in common.batches(pairs, batch_size, shuffle=False):
+    for i, chunk in enumerate(common.batches(pairs, batch_size, shuffle=False)):
         r = pack(chunk, pad_id, eos_id)
+        real = (torch.arange(len(chunk)) + i * batch_size < n_real).long()  # [B]
+        r = dataclasses.replace(r, response_mask=r.response_mask * real[:, None])
         t_logits = response_logits(teacher, r, vocab)  # [B, R, V]
         s_logits = response_logits(student, r, vocab)  # [B, R, V]
         loss, _ = divergence(s_logits, t_logits, r.response_mask, args)
@@ -284,6 +283,9 @@ def evaluate_divergence(
         )
         count += n
     student.train(was_training)
+    if dist is not None:
+        *sum_list, count = dist.all_reduce_sum([*sums.tolist(), count])
+        sums = torch.tensor(sum_list, dtype=torch.float64)
     loss, fkl, nll = (sums / max(count, 1)).tolist()
     return {
         "eval/distill_loss": loss,
@@ -291,17 +293,6 @@ def evaluate_divergence(
         "eval/nll": nll,
         "eval/perplexity": math.exp(min(nll, 50.0)),
     }
-
-
-def load_teacher(cfg: DistillConfig, student_tok: Any) -> Any:
-    """The frozen teacher (eval mode, dropout off, never 4-bit), after checking its tokenizer."""
-    name = cfg.distill.teacher_model_name_or_path
-    try:
-        teacher_tok = load_tokenizer(name, trust_remote_code=cfg.model.trust_remote_code)
-        check_same_vocab(student_tok, teacher_tok)
-        return common.load_frozen_lm(name, teacher_tok, cfg.model)
-    except ModelLoadError as e:
-        raise ModelLoadError(f"teacher (--teacher-model-name-or-path): {e}") from e
 
 
 def step_rollouts(
@@ -312,17 +303,23 @@ def step_rollouts(
     args: DistillArgs,
     sampling: SamplingArgs,
     seed: int,
+    dist: Any = None,
+    plan: Any = None,
 ) -> tuple[list[Rollout], list[bool]]:
     """The responses of one optimiser step's micro-batches (global indices ``first_index``, ...):
     the student's samples where the seeded coin says on-policy, else the given ones (dataset or
-    SeqKD teacher responses). Returns the rollouts and the coins."""
+    SeqKD teacher responses). Returns the rollouts and the coins. Several processes: ``chunks``
+    are this rank's slices of the global micro-batches, whose coins every rank shares; sampling
+    as :func:`distill_dist.sample_student`."""
     rollouts, flags = [], []
     for k, chunk in enumerate(chunks):
         on = is_on_policy(seed, first_index + k, args.lmbda)
         if on:
             prompts = [p for p, _ in chunk]
             gen_seed = generation_seed(seed, first_index + k)
-            rollouts.append(generate(student, tokenizer, prompts, sampling, seed=gen_seed))
+            rollouts.append(
+                dd.sample_student(student, tokenizer, prompts, sampling, gen_seed, dist, plan)
+            )
         else:
             rollouts.append(pack(chunk, tokenizer.pad_token_id, tokenizer.eos_token_id))
         flags.append(on)
@@ -330,36 +327,43 @@ def step_rollouts(
 
 
 def accumulate_distill(
-    student: Any, teacher: Any, rollouts: Sequence[Rollout], args: DistillArgs, vocab: int
+    student: Any,
+    teacher: Any,
+    rollouts: Sequence[Rollout],
+    args: DistillArgs,
+    vocab: int,
+    engine: Any = None,
 ) -> tuple[float, int, dict[str, float]]:
     """Backward of one optimiser step: each micro-batch's token-mean loss weighted by its share of
     the step's response tokens, so the gradient is that of the token mean over the whole step.
 
+    With an ``engine`` (``infra/distributed.py``; ``rollouts`` = this rank's slices) the forwards
+    go through ``engine.model`` (DDP / DeepSpeed), the share is of the step's tokens over all
+    ranks (all-reduced), times ``N`` (the engine averages gradients over ranks):
+    ``N * n_rj / n`` for micro-batch ``j`` of rank ``r`` with ``n_rj`` of the ``n`` tokens.
+
     Returns ``(loss, tokens, extra)``: the step's token-mean loss, the tokens the student read
-    (prompt + response, for throughput) and extra metrics (top-k mass)."""
+    (prompt + response, for throughput; all ranks) and extra metrics (top-k mass)."""
+    dist = engine.dist if engine is not None else None
+    world = dist.world_size if dist is not None else 1
     n_tokens = sum(int(r.response_mask.sum()) for r in rollouts)
+    if dist is not None:
+        (n_tokens,) = dist.all_reduce_sum([n_tokens])
+    model = engine.model if engine is not None else student
     loss_sum, tokens, extra = 0.0, 0, {}
-    for r in rollouts:
-        loss, metrics = distill_loss(student, teacher, r, args, vocab)
+    for r in engine.accumulate(rollouts) if engine is not None else rollouts:
+        loss, metrics = distill_loss(model, teacher, r, args, vocab)
         n = int(r.response_mask.sum())
-        (loss * n / max(n_tokens, 1)).backward()
+        weighted = loss * (n * world / max(n_tokens, 1))
+        engine.backward(weighted) if engine is not None else weighted.backward()
         loss_sum += float(loss.detach()) * n
         tokens += int(r.attention_mask.sum())
         if "distill/topk_mass" in metrics:
             extra["distill/topk_mass"] = float(metrics["distill/topk_mass"])
-    return loss_sum / max(n_tokens, 1), tokens, extra
-
-
-def rollout_metrics(rollouts: Sequence[Rollout], flags: Sequence[bool]) -> dict[str, float]:
-    """Mean length and EOS rate of the on-policy (student-sampled) responses, if any."""
-    on = [r for r, f in zip(rollouts, flags, strict=True) if f]
-    if not on:
-        return {}
-    lengths = torch.cat([r.response_lengths for r in on]).float()
-    return {
-        "rollout/response_len": float(lengths.mean()),
-        "rollout/eos_rate": float(torch.cat([r.has_eos for r in on]).float().mean()),
-    }
+    if dist is not None:
+        loss_sum, tokens = dist.all_reduce_sum([loss_sum, tokens])
+        extra = dist.mean_metrics(extra)
+    return loss_sum / max(n_tokens, 1), int(tokens), extra
 
 
 def uses_tiny_task(cfg: DistillConfig) -> bool:
@@ -372,26 +376,31 @@ def uses_tiny_task(cfg: DistillConfig) -> bool:
 def run(cfg: DistillConfig) -> dict[str, Any]:
     """Distil, evaluate and save; returns the summary (also written to summary.json)."""
     # ---- setup ----
-    set_seed(cfg.optim.seed)
+    dist = init_distributed(cfg.dist)  # one process: no process group, nothing changes
+    set_seed(cfg.optim.seed)  # the same on every rank: the student's and LoRA's init agree
     d, o = cfg.distill, cfg.optim
-    tokenizer = common.load_run_tokenizer(cfg.model)
-    teacher = load_teacher(cfg, tokenizer)
-    student = common.load_trained_lm(cfg.model, tokenizer, cfg.lora)  # QLoRA: 4-bit base
-    vocab, pad_id, eos_id = len(tokenizer), tokenizer.pad_token_id, tokenizer.eos_token_id
-    train_ex, train_stats = load_encoded(tokenizer, cfg.data, "sft", d.data_step, "train")
-    eval_ex, _ = load_encoded(tokenizer, cfg.data, "sft", d.data_step, "eval")
+    with dist.main_first():  # the node's main rank builds the tiny model / data cache first
+        tokenizer = common.load_run_tokenizer(cfg.model)
+        train_ex, train_stats = load_encoded(tokenizer, cfg.data, "sft", d.data_step, "train")
+        eval_ex, _ = load_encoded(tokenizer, cfg.data, "sft", d.data_step, "eval")
     train = [split_prompt_response(e) for e in train_ex]
     evals = [split_prompt_response(e) for e in eval_ex]
     if not train:
         raise ValueError("no training examples left after length filtering: raise --max-seq-len")
-    tr = common.start_training(cfg, student, len(train))
-    logger = tr.logger
-    n_all, n_train = count_parameters(student)
+    total_steps = common.total_training_steps(o, len(train), dist.world_size)
+    models = dd.setup_models(cfg, tokenizer, dist, total_steps)
+    engine, teacher, plan = models.student, models.teacher.module, models.plan
+    student = engine.module  # generation, evaluation (engine.model: the training forwards)
+    if dist.world_size > 1:
+        set_seed(dist.rank_seed(o.seed))  # dropout differs per rank
+    vocab, pad_id, eos_id = len(tokenizer), tokenizer.pad_token_id, tokenizer.eos_token_id
+    logger = common.start_logger(cfg, dist, total_steps)  # writes on rank 0 only
     logger.print(
-        f"[distill] student {n_all / 1e6:.2f}M parameters ({n_train / 1e6:.2f}M trainable), "
-        f"teacher {count_parameters(teacher)[0] / 1e6:.2f}M; lmbda={d.lmbda} beta={d.beta} "
+        f"[distill] student: {engine.describe()}\n[distill] teacher "
+        f"{count_parameters(teacher)[0] / 1e6:.2f}M; lmbda={d.lmbda} beta={d.beta} "
         f"seq_kd={d.seq_kd}; train examples: {train_stats.describe()}; eval examples: "
-        f"{len(evals)}; {tr.total_steps} optimiser steps"
+        f"{len(evals)}; {total_steps} optimiser steps of "
+        f"{o.per_device_train_batch_size * dist.world_size * o.gradient_accumulation_steps} examples"
     )
     sampling = SamplingArgs(
         max_new_tokens=d.max_new_tokens,
@@ -400,8 +409,9 @@ def run(cfg: DistillConfig) -> dict[str, Any]:
     )
     timer = common.Timer()
     summary: dict[str, Any] = {"train_examples": len(train), "eval_examples": len(evals)}
-    if d.seq_kd:  # deterministic given the seed, so a resumed run regenerates the same data
-        with timer("seq_kd"):
+    if d.seq_kd:  # deterministic given the seed, so a resumed run regenerates the same data;
+        # every rank generates all (ZeRO-3: the teacher's forwards are collective anyway)
+        with timer("seq_kd"), plan.hf_current():
             seq_sampling = dataclasses.replace(sampling, temperature=d.seq_kd_temperature)
             train = teacher_generations(teacher, tokenizer, train, seq_sampling, seed=o.seed)
         summary["seq_kd_eos_rate"] = sum(bool(r) and r[-1] == eos_id for _, r in train) / len(train)
@@ -409,89 +419,103 @@ def run(cfg: DistillConfig) -> dict[str, Any]:
             f"[distill] SeqKD: {len(train)} teacher responses in {timer.totals['seq_kd']:.1f}s "
             f"(EOS rate {summary['seq_kd_eos_rate']:.3f})"
         )
-    state = common.resume_training(cfg, student, tr)
+    ckpt = latest_checkpoint(cfg.log.output_dir) if cfg.log.resume else None
+    state = load_checkpoint(ckpt, {"model": engine}) if ckpt is not None else {}
     step, epoch, skip = (state.get(k, 0) for k in ("step", "epoch", "micro_in_epoch"))
     n_micro, n_on_policy = state.get("n_micro", 0), state.get("n_on_policy", 0)
     if state:
-        logger.print(f"[distill] resumed from {state['checkpoint']} at step {step}")
+        logger.print(f"[distill] resumed from {ckpt} at step {step}")
 
     tiny = uses_tiny_task(cfg)
-    if tiny:
+    if tiny:  # generation: rank 0 alone (ZeRO-3: every rank, parameters gathered)
         from simple_rlhf.rollout.evaluate import evaluate_gold
 
-        t_gold = evaluate_gold(teacher, tokenizer, n_prompts=d.gold_eval_prompts, prefix="teacher")
+        t_gold = models.teacher.on_main(
+            lambda m: evaluate_gold(m, tokenizer, n_prompts=d.gold_eval_prompts, prefix="teacher")
+        )
         summary["teacher"] = common.log_eval(logger, "distill", "teacher", step, t_gold)
     eval_bs, last_eval = o.per_device_eval_batch_size, (-1, {})
+    multi = dist if dist.initialized else None
 
     def evaluate(name: str) -> dict[str, float]:
         nonlocal last_eval
         metrics: dict[str, float] = {}
-        if evals:
+        if evals:  # split over the ranks, global means on every rank
             metrics.update(
-                evaluate_divergence(student, teacher, evals, d, vocab, eval_bs, pad_id, eos_id)
+                evaluate_divergence(
+                    student, teacher, evals, d, vocab, eval_bs, pad_id, eos_id, dist=multi
+                )
             )
         if tiny:
-            metrics.update(evaluate_gold(student, tokenizer, n_prompts=d.gold_eval_prompts))
+            metrics.update(
+                engine.on_main(lambda m: evaluate_gold(m, tokenizer, n_prompts=d.gold_eval_prompts))
+            )
         last_eval = (step, metrics)
         return common.log_eval(logger, "distill", name, step, metrics)
 
     if step == 0:
         summary["before"] = evaluate("before training")
+        if note := slow_start_note(d, summary["before"].get("eval/forward_kl", 0.0)):
+            logger.print(note)
 
     # ---- train loop ----
-    student.train()
+    engine.train()
     accum, bs = o.gradient_accumulation_steps, o.per_device_train_batch_size
     t_start, tokens_seen = time.perf_counter(), 0
-    while step < tr.total_steps:
-        micro = list(common.batches(train, bs, shuffle=True, seed=o.seed + epoch))
+    while step < total_steps:
+        micro = common.rank_batches(train, bs, dist, shuffle=True, seed=o.seed + epoch)
         groups = [micro[i : i + accum] for i in range(0, len(micro), accum)]
         for gi in range(skip, len(groups)):
             # 1. responses: the student's samples (on-policy) or the dataset's / the teacher's;
-            #    the coin of a micro-batch depends on its global index, so it survives resume
+            #    the coin of a micro-batch depends on its global index (the same on every rank),
+            #    so it survives resume
             with timer("generate"):
                 rollouts, flags = step_rollouts(
-                    student, tokenizer, groups[gi], step * accum, d, sampling, o.seed
-                )
-            # 2. loss normalised by the response tokens of the whole optimiser step
+                    student, tokenizer, groups[gi], step * accum, d, sampling, o.seed,
+                    dist=multi, plan=plan,
+                )  # fmt: skip
+            # 2. loss normalised by the response tokens of the whole optimiser step (all ranks)
             with timer("train"):
-                loss, tokens, extra = accumulate_distill(student, teacher, rollouts, d, vocab)
-                norm = common.optimizer_step(student, tr, o.max_grad_norm)
+                loss, tokens, extra = accumulate_distill(
+                    student, teacher, rollouts, d, vocab, engine=engine
+                )
+                norm = engine.step()
             step, tokens_seen = step + 1, tokens_seen + tokens
             n_micro, n_on_policy = n_micro + len(flags), n_on_policy + sum(flags)
-            lr = tr.scheduler.get_last_lr()[0]
-            logger.progress(1, {"loss": loss, "lr": lr})
-            if step % cfg.log.logging_steps == 0 or step == tr.total_steps:
+            logger.progress(1, {"loss": loss, "lr": engine.lr})
+            if step % cfg.log.logging_steps == 0 or step == total_steps:
                 metrics = {
                     "distill/loss": loss,
                     "distill/on_policy_share": n_on_policy / max(n_micro, 1),
-                    "train/lr": lr,
+                    "train/lr": engine.lr,
                     "train/grad_norm": norm,
                     "train/epoch": epoch + (gi + 1) / len(groups),
                     "perf/tokens_per_s": tokens_seen / (time.perf_counter() - t_start),
                 }
-                logger.log({**metrics, **extra, **rollout_metrics(rollouts, flags)}, step)
+                logger.log({**metrics, **extra, **rollout_metrics(rollouts, flags, multi)}, step)
                 logger.log(timer.pop(), step)
             if cfg.log.eval_steps and step % cfg.log.eval_steps == 0:
                 summary[f"step_{step}"] = evaluate(f"step {step}")
             if cfg.log.save_steps and step % cfg.log.save_steps == 0:
                 position = {"epoch": epoch, "micro_in_epoch": gi + 1}
                 counts = {"n_micro": n_micro, "n_on_policy": n_on_policy}
-                common.save_training(cfg, step, student, tr, {**position, **counts})
-            if step >= tr.total_steps:
+                save_checkpoint(cfg.log.output_dir, step, {"model": engine}, {**position, **counts})
+            if step >= total_steps:
                 break
         else:  # a whole epoch done
             epoch, skip = epoch + 1, 0
             summary[f"epoch_{epoch}"] = evaluate(f"epoch {epoch}")
 
-    # ---- save ----
+    # ---- save (rank 0; gathered under ZeRO-3) ----
     elapsed = time.perf_counter() - t_start
     summary["after"] = evaluate("final") if last_eval[0] != step else last_eval[1]
     summary.update(
         {
             "steps": step,
+            "world_size": dist.world_size,
             "on_policy_share": n_on_policy / max(n_micro, 1),
             "train_seconds": round(elapsed, 2),
             "tokens_per_s": round(tokens_seen / max(elapsed, 1e-9), 1),
         }
     )
-    return common.finish_training(student, tokenizer, cfg, summary, logger, "distill")
+    return common.finish_engine_training(engine, tokenizer, cfg, summary, logger, "distill")

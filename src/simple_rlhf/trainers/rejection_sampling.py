@@ -39,13 +39,20 @@ With a reward model and a real policy, LoRA::
 
 Measured (``benchmarks/distill_results.md``; tiny SFT policy at greedy gold 0.755, 128 prompts x
 8 samples per round, 2 SFT epochs per round, seed 1234). Gold reward as the scorer, default lr
-3e-4: 0.755 -> 0.979 -> 0.993 (on 256 prompts 0.764 -> 0.984 -> 0.992); at lr 1e-3 round 1 is as
-good (0.977) but round 2 falls back (0.928; 256 prompts: 0.981 -> 0.962), so the default is 3e-4.
-A 200-step RM as the scorer (pair accuracy 0.78): 0.755 -> 0.889 -> 0.828 at lr 3e-4; round 2
-falls because the RM's picks get worse in truth once the policy has moved towards what the RM
+3e-4: 0.755 -> 0.943 -> 0.993 (per-chunk seeds; session 2's seeding 0.755 -> 0.979 -> 0.993);
+at lr 1e-3 round 1 is as good (0.977) but round 2 falls back (0.928; 256 prompts: 0.981 ->
+0.962), so the default is 3e-4. A 200-step RM as the scorer (pair accuracy 0.78): 0.755 -> 0.868
+-> 0.865 (session 2's seeding: 0.889 -> 0.828); round 2 does not help because the RM's picks get worse in truth once the policy has moved towards what the RM
 likes (gold of the kept responses 0.80 -> 0.74; at lr 1e-3 0.80 -> 0.66): the RM's proxy error.
 
-One process only: sampling is not sharded over ranks, so do not launch it under ``torchrun``.
+Sampling is in chunks of ``generation_batch_size // num_samples`` prompts, each with its own
+seed (round seed, chunk index), so the samples do not depend on how the chunks are spread.
+Several processes (``torchrun``/``deepspeed`` launcher, ``--zero-stage`` etc. as for SFT): every
+rank holds the whole policy and samples and scores its contiguous share of the chunks; the
+records are gathered in chunk order, so rank 0 writes the same ``data.jsonl`` as one process (with
+a reward model: up to float rounding of its batches, which could flip a near tie); the other ranks
+wait at a barrier, then the SFT fine-tune runs on all ranks (``sft.run``: DDP or ZeRO). The gold
+evaluation and the final save are rank 0's.
 """
 
 from __future__ import annotations
@@ -53,6 +60,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import random
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -62,6 +70,7 @@ import torch
 from simple_rlhf.config import (
     ConfigError,
     DataArgs,
+    DistArgs,
     LogArgs,
     LoraArgs,
     ModelArgs,
@@ -71,9 +80,15 @@ from simple_rlhf.config import (
 )
 from simple_rlhf.data.pipeline import load_encoded
 from simple_rlhf.infra.checkpoint import save_hf_model
+from simple_rlhf.infra.distributed import init_distributed
 from simple_rlhf.infra.logging import MetricsLogger, format_metrics
 from simple_rlhf.infra.seed import set_seed
-from simple_rlhf.rollout.generate import SamplingArgs, decode_responses, generate
+from simple_rlhf.rollout.generate import (
+    SamplingArgs,
+    concat_rollouts,
+    decode_responses,
+    generate,
+)
 from simple_rlhf.rollout.rewards import (
     CombinedReward,
     build_reward,
@@ -141,6 +156,7 @@ class RejectionSamplingConfig:
     log: LogArgs = section(lambda: LogArgs(output_dir="outputs/rejection_sampling"))
     sampling: SamplingArgs = section(SamplingArgs)
     rs: RejectionSamplingArgs = section(RejectionSamplingArgs)
+    dist: DistArgs = section(DistArgs)
 
     def __post_init__(self) -> None:
         if self.lora.lora_dim > 0 and not self.lora.merge_lora:
@@ -234,6 +250,109 @@ def round_prompts(prompts: Sequence[Any], round_index: int, max_prompts: int | N
     return [prompts[i] for i in idx]
 
 
+def prompt_chunks(n_prompts: int, num_samples: int, generation_batch_size: int) -> list[range]:
+    """The round's prompts cut into generation chunks of ``max(1, generation_batch_size //
+    num_samples)`` prompts (each sampled ``num_samples`` times in one ``generate`` call); the
+    chunks do not depend on the number of processes."""
+    per = max(1, generation_batch_size // num_samples)
+    return [range(s, min(s + per, n_prompts)) for s in range(0, n_prompts, per)]
+
+
+def chunk_seed(seed: int, chunk: int) -> int:
+    """The sampling seed of chunk ``chunk`` of a round seeded ``seed``."""
+    return random.Random(f"{seed}-rs-chunk-{chunk}").randrange(2**31)
+
+
+def sample_chunks(
+    policy: Any,
+    tokenizer: Any,
+    prompts: Sequence[dict[str, Any]],
+    chunks: Sequence[range],
+    reward_fn: RewardFn,
+    sampling: SamplingArgs,
+    num_samples: int,
+    seed: int,
+) -> list[dict[str, Any]]:
+    """Sample ``num_samples`` responses per prompt of ``chunks`` (chunk ``c`` seeded
+    :func:`chunk_seed` ``(seed, c)``, so its samples depend on its prompts and the seed only) and
+    score them all in one call. Returns one record per prompt, in chunk order: ``{"texts",
+    "scores", "eos", "lengths"}`` (lists of ``num_samples``) and ``"sources"`` (each reward
+    source's scores, when ``reward_fn`` is the shared ``CombinedReward``)."""
+    N, parts, rows = num_samples, [], [i for c in chunks for i in c]
+    if not rows:
+        return []
+    for c in chunks:
+        ids = [prompts[i]["prompt_ids"] for i in c for _ in range(N)]  # each prompt N times
+        parts.append(generate(policy, tokenizer, ids, sampling, seed=chunk_seed(seed, c.start)))
+    rollout = concat_rollouts(parts, tokenizer.pad_token_id)
+    texts = decode_responses(tokenizer, rollout)
+    raw_prompts = [prompts[i]["prompt"] for i in rows for _ in range(N)]
+    fields = fields_to_columns([prompts[i]["fields"] for i in rows for _ in range(N)])
+    if isinstance(reward_fn, CombinedReward):  # the shared interface: also each source's scores
+        flat, per_source = reward_fn.evaluate(raw_prompts, texts, **fields)
+    else:
+        flat, per_source = call_reward("reward", reward_fn, raw_prompts, texts, **fields), {}
+    eos, lengths = rollout.has_eos.tolist(), rollout.response_lengths.tolist()
+    return [
+        {
+            "texts": texts[k * N : (k + 1) * N],
+            "scores": [float(x) for x in flat[k * N : (k + 1) * N]],
+            "eos": eos[k * N : (k + 1) * N],
+            "lengths": lengths[k * N : (k + 1) * N],
+            "sources": {n: list(v[k * N : (k + 1) * N]) for n, v in per_source.items()},
+        }
+        for k in range(len(rows))
+    ]
+
+
+def select(
+    prompts: Sequence[dict[str, Any]], samples: Sequence[dict[str, Any]], rs: RejectionSamplingArgs
+) -> tuple[list[dict], list[dict], dict[str, float]]:
+    """Keep the best (and worst) sample of each prompt (records of :func:`sample_chunks`).
+
+    Returns ``(sft_rows, pair_rows, metrics)``.
+    """
+    scores = torch.tensor([s["scores"] for s in samples])  # [n, N]
+    has_eos = torch.tensor([s["eos"] for s in samples], dtype=torch.bool)  # [n, N]
+    valid = has_eos if rs.require_eos else torch.ones_like(has_eos)
+    best, worst, has_valid = select_best_worst(scores, valid)
+    sft_rows, pair_rows, kept_scores, worst_scores = [], [], [], []
+    for i, (p, s) in enumerate(zip(prompts, samples, strict=True)):
+        if not has_valid[i]:
+            continue
+        b, w = int(best[i]), int(worst[i])
+        s_best, s_worst = float(scores[i, b]), float(scores[i, w])
+        if rs.min_score is not None and s_best < rs.min_score:
+            continue
+        sft_rows.append(sft_record(p["prompt"], s["texts"][b], s_best))
+        kept_scores.append(s_best)
+        worst_scores.append(s_worst)
+        if rs.keep_worst and s_best > s_worst:
+            pair_rows.append(
+                pair_record(p["prompt"], s["texts"][b], s["texts"][w], (s_best, s_worst))
+            )
+    per_source: dict[str, list[float]] = {}
+    for s in samples:
+        for name, v in s["sources"].items():
+            per_source.setdefault(name, []).extend(v)
+    lengths = [x for s in samples for x in s["lengths"]]
+    return (
+        sft_rows,
+        pair_rows,
+        {
+            "rs/score_mean": float(scores.mean()),
+            "rs/best_of_n_score": float(scores.max(dim=1).values.mean()),
+            "rs/kept_score_mean": sum(kept_scores) / max(len(kept_scores), 1),
+            "rs/worst_score_mean": sum(worst_scores) / max(len(worst_scores), 1),
+            "rs/kept": float(len(sft_rows)),
+            "rs/pairs": float(len(pair_rows)),
+            "rollout/eos_rate": float(has_eos.float().mean()),
+            "rollout/response_len": sum(lengths) / max(len(lengths), 1),
+            **CombinedReward.metrics(per_source),
+        },
+    )
+
+
 def sample_and_select(
     policy: Any,
     tokenizer: Any,
@@ -242,53 +361,26 @@ def sample_and_select(
     sampling: SamplingArgs,
     rs: RejectionSamplingArgs,
     seed: int,
+    dist: Any = None,
 ) -> tuple[list[dict], list[dict], dict[str, float]]:
     """Sample N responses per prompt, score, keep the best (and worst).
+
+    The prompts are sampled in chunks (:func:`prompt_chunks`, each with its own seed); with
+    ``dist`` (several processes) rank ``r`` samples and scores its contiguous share of the chunks
+    and the ranks' records are gathered on every rank in chunk order, so every rank selects the
+    same rows, those of one process (up to the float rounding of a reward model's batches).
 
     Returns ``(sft_rows, pair_rows, metrics)``.
     """
     N = rs.num_samples
-    ids = [p["prompt_ids"] for p in prompts for _ in range(N)]  # each prompt N times in a row
-    rollout = generate(policy, tokenizer, ids, sampling, seed=seed)
-    texts = decode_responses(tokenizer, rollout)
-    raw_prompts = [p["prompt"] for p in prompts for _ in range(N)]
-    fields = fields_to_columns([p["fields"] for p in prompts for _ in range(N)])
-    if isinstance(reward_fn, CombinedReward):  # the shared interface: also each source's mean
-        flat, per_source = reward_fn.evaluate(raw_prompts, texts, **fields)
-        source_means = CombinedReward.metrics(per_source)
-    else:
-        flat, source_means = call_reward("reward", reward_fn, raw_prompts, texts, **fields), {}
-    scores = torch.tensor(flat).view(len(prompts), N)  # [n, N]
-    has_eos = rollout.has_eos.view(len(prompts), N)  # [n, N]
-    valid = has_eos if rs.require_eos else torch.ones_like(has_eos)
-    best, worst, has_valid = select_best_worst(scores, valid)
-    sft_rows, pair_rows, kept_scores, worst_scores = [], [], [], []
-    for i, p in enumerate(prompts):
-        if not has_valid[i]:
-            continue
-        b, w = int(best[i]), int(worst[i])
-        s_best, s_worst = float(scores[i, b]), float(scores[i, w])
-        if rs.min_score is not None and s_best < rs.min_score:
-            continue
-        sft_rows.append(sft_record(p["prompt"], texts[i * N + b], s_best))
-        kept_scores.append(s_best)
-        worst_scores.append(s_worst)
-        if rs.keep_worst and s_best > s_worst:
-            pair_rows.append(
-                pair_record(p["prompt"], texts[i * N + b], texts[i * N + w], (s_best, s_worst))
-            )
-    metrics = {
-        "rs/score_mean": float(scores.mean()),
-        "rs/best_of_n_score": float(scores.max(dim=1).values.mean()),
-        "rs/kept_score_mean": sum(kept_scores) / max(len(kept_scores), 1),
-        "rs/worst_score_mean": sum(worst_scores) / max(len(worst_scores), 1),
-        "rs/kept": float(len(sft_rows)),
-        "rs/pairs": float(len(pair_rows)),
-        "rollout/eos_rate": float(rollout.has_eos.float().mean()),
-        "rollout/response_len": float(rollout.response_lengths.float().mean()),
-        **source_means,
-    }
-    return sft_rows, pair_rows, metrics
+    chunks = prompt_chunks(len(prompts), N, sampling.generation_batch_size)
+    mine = dist.shard(chunks) if dist is not None else chunks
+    samples = sample_chunks(policy, tokenizer, prompts, mine, reward_fn, sampling, N, seed)
+    if dist is not None and dist.world_size > 1:
+        parts: list[Any] = [None] * dist.world_size
+        torch.distributed.all_gather_object(parts, samples)
+        samples = [s for part in parts for s in part]  # rank order = chunk order
+    return select(prompts, samples, rs)
 
 
 def sft_config_for_round(cfg: RejectionSamplingConfig, policy: str, data: Path, out: Path):
@@ -302,6 +394,7 @@ def sft_config_for_round(cfg: RejectionSamplingConfig, policy: str, data: Path, 
         lora=cfg.lora,
         log=dataclasses.replace(cfg.log, output_dir=str(out)),
         sft=SFTEvalArgs(gold_eval_prompts=0),
+        dist=cfg.dist,
     )
 
 
@@ -313,30 +406,43 @@ def run(cfg: RejectionSamplingConfig) -> dict[str, Any]:
     from simple_rlhf.trainers import sft
 
     # ---- setup ----
+    dist = init_distributed(cfg.dist)  # one process: no process group, nothing changes
+    multi = dist if dist.initialized else None
+    # sampling / evaluation use plain whole models on every rank: not partitioned by a ZeRO-3
+    # setting the SFT rounds leave behind, no synced generation
+    plain = dist.plan(cfg.optim, cfg.model.dtype, zero_stage=None).hf_current
     set_seed(cfg.optim.seed)
     rs, out_dir = cfg.rs, Path(cfg.log.output_dir)
-    tokenizer = common.load_run_tokenizer(cfg.model)
+    with dist.main_first():  # the node's main rank builds the tiny model / data cache first
+        tokenizer = common.load_run_tokenizer(cfg.model)
+        prompts, stats = load_encoded(tokenizer, cfg.data, "prompt", rs.data_step, "train")
     reward_fn, reward_name = reward_source(cfg)
-    prompts, stats = load_encoded(tokenizer, cfg.data, "prompt", rs.data_step, "train")
-    logger = MetricsLogger(out_dir, cfg.log.report_to, total_steps=None, progress_bar=False)
-    common.save_run_config(out_dir, cfg)
+    logger = MetricsLogger(
+        out_dir, cfg.log.report_to, total_steps=None, progress_bar=False, enabled=dist.is_main
+    )
+    if dist.is_main:
+        common.save_run_config(out_dir, cfg)
     logger.print(
         f"[rejection-sampling] {rs.rounds} round(s) x {min(len(prompts), rs.max_prompts or 10**9)} "
         f"prompts x {rs.num_samples} samples; prompts: {stats.describe()}; scorer: {reward_name}"
+        + (f"; {dist.describe()}" if multi else "")
     )
     tiny = "tiny" in cfg.data.data_path and rs.gold_eval_prompts > 0
 
     def load_policy(path: str) -> Any:  # to sample from: QLoRA's 4-bit base if asked, no adapter
-        return common.load_trained_lm(
-            cfg.model, tokenizer, cfg.lora, name_or_path=path, dropout=0.0, apply_adapter=False
-        )
+        with plain():
+            return common.load_trained_lm(
+                cfg.model, tokenizer, cfg.lora, name_or_path=path, dropout=0.0, apply_adapter=False
+            )
 
-    def gold(model: Any) -> dict[str, float]:
-        if not tiny:
+    def gold(model: Any) -> dict[str, float]:  # rank 0 only; ``model``: a model or its path
+        if not tiny or not dist.is_main:
             return {}
         from simple_rlhf.rollout.evaluate import evaluate_gold
 
-        return evaluate_gold(model, tokenizer, n_prompts=rs.gold_eval_prompts)
+        model = load_policy(model) if isinstance(model, str) else model
+        with plain():
+            return evaluate_gold(model, tokenizer, n_prompts=rs.gold_eval_prompts)
 
     policy_path = cfg.model.model_name_or_path
     summary: dict[str, Any] = {"scorer": reward_name, "prompts": len(prompts), "rounds": []}
@@ -346,13 +452,15 @@ def run(cfg: RejectionSamplingConfig) -> dict[str, Any]:
     for r in range(1, rs.rounds + 1):
         rdir = out_dir / f"round_{r}"
         done = rdir / "round.json"
+        dist.barrier()  # every rank looks at the files before rank 0 writes this round's
         if cfg.log.resume and done.is_file():
             record = json.loads(done.read_text())
             summary["rounds"].append(record)
             policy_path, gold_now = str(rdir / "model"), record.get("gold_after")
             logger.print(f"[rejection-sampling] round {r} already done ({done}); skipped")
             continue
-        # 1-4. sample, score, select, write (reused if an interrupted run wrote them already)
+        # 1-4. sample, score, select (ranks: their share of the chunks, gathered), write (rank 0;
+        #      reused if an interrupted run wrote them already)
         selection = rdir / "selection.json"
         policy = load_policy(policy_path)
         if gold_now is None:
@@ -361,29 +469,31 @@ def run(cfg: RejectionSamplingConfig) -> dict[str, Any]:
             metrics = json.loads(selection.read_text())
         else:
             chunk = round_prompts(prompts, r - 1, rs.max_prompts)
-            with timer("generate"):
+            with timer("generate"), plain():
                 sft_rows, pair_rows, metrics = sample_and_select(
-                    policy, tokenizer, chunk, reward_fn, cfg.sampling, rs, cfg.optim.seed + r
-                )
+                    policy, tokenizer, chunk, reward_fn, cfg.sampling, rs, cfg.optim.seed + r,
+                    dist=multi,
+                )  # fmt: skip
             if not sft_rows:
                 raise ValueError(
                     f"round {r}: no response was kept (none ended with EOS or passed "
                     "--min-score); raise --max-new-tokens or lower --min-score"
                 )
-            write_jsonl(rdir / "data.jsonl", sft_rows)
-            if rs.keep_worst:
-                write_jsonl(rdir / "pairs.jsonl", pair_rows)
             metrics.update(timer.pop())
-            selection.write_text(json.dumps(metrics, indent=2))
+            if dist.is_main:
+                write_jsonl(rdir / "data.jsonl", sft_rows)
+                if rs.keep_worst:
+                    write_jsonl(rdir / "pairs.jsonl", pair_rows)
+                selection.write_text(json.dumps(metrics, indent=2))
+            dist.barrier()  # no rank reads data.jsonl before rank 0 wrote it
         del policy
         logger.log(metrics, r)
         logger.print(f"[rejection-sampling] round {r} samples: {format_metrics(metrics)}")
-        # 5. fine-tune on the kept responses with the SFT trainer
+        # 5. fine-tune on the kept responses with the SFT trainer (on every rank: distributed)
         sft_cfg = sft_config_for_round(cfg, policy_path, rdir / "data.jsonl", rdir / "model")
         sft_summary = sft.run(sft_cfg)
         policy_path = str(rdir / "model")
-        gold_before = gold_now
-        gold_now = gold(load_policy(policy_path))
+        gold_before, gold_now = gold_now, gold(policy_path)
         record = {
             "round": r,
             **metrics,
@@ -392,19 +502,24 @@ def run(cfg: RejectionSamplingConfig) -> dict[str, Any]:
             "gold_before": gold_before,
             "gold_after": gold_now,
         }
-        if tiny:
+        if tiny and dist.is_main:
             g_key = "eval/gold_greedy"
             logger.log({"gold/before": gold_before[g_key], "gold/after": gold_now[g_key]}, r)
             logger.print(
                 f"[rejection-sampling] round {r}: greedy gold {gold_before[g_key]:.4f} -> "
                 f"{gold_now[g_key]:.4f}"
             )
-        done.write_text(json.dumps(record, indent=2))
+        if dist.is_main:
+            done.write_text(json.dumps(record, indent=2))
         summary["rounds"].append(record)
 
-    # ---- save the final policy beside the rounds ----
-    final = common.load_frozen_lm(policy_path, tokenizer, cfg.model)  # full precision
-    save_hf_model(final, tokenizer, out_dir, extra_json={"summary.json": summary})
+    # ---- save the final policy beside the rounds (rank 0) ----
+    summary["world_size"] = dist.world_size
+    if dist.is_main:
+        with plain():
+            final = common.load_frozen_lm(policy_path, tokenizer, cfg.model)  # full precision
+        save_hf_model(final, tokenizer, out_dir, extra_json={"summary.json": summary})
+    dist.barrier()
     logger.print(f"[rejection-sampling] saved the final policy to {out_dir}")
     logger.close()
     return summary
