@@ -13,13 +13,20 @@ per minibatch) is compared with a single-process run on the same global batch (4
   rank runs its half of each global minibatch, normalised by the global counts;
 * prompts differ in length between the ranks and greedy responses stop at different steps (the
   worker records each rank's widths; asserted to differ): under ZeRO-3 ``generate`` runs with
-  ``synced_gpus`` and must not hang.
+  ``synced_gpus`` and must not hang;
+* PPO-ptx (``ptx_coef`` 1) in every run: one global stream of SFT batches of 4, each rank
+  forwarding its 2, the loss the token mean over the global batch (counts all-reduced). The
+  former mean of the two ranks' own means would differ from it by 2-4 % on these batches (token
+  counts 12 / 16, 18 / 17, 22 / 18), far outside the tolerance;
+* ``--ema-decay 0.5`` in the reference and the DDP / ZeRO-2 runs (refused at ZeRO-3); the DDP
+  run stops after rollout 1 and resumes (its EMA and the ptx stream position come back).
 
 Tolerances (measured on this machine in brackets; a rank's batch is padded to other widths than
 the global one, so logits differ by float rounding): first rollout -- score mean, KL, response
 length, mean advantage, policy loss, value loss: rel 1e-5 [<= 1.3e-6]; second rollout (after 2
-optimiser steps of each model): rel 1e-4 [<= 1.4e-5, the KL]; saved actor and critic weights
-atol 1e-5 [<= 9.7e-7].
+optimiser steps of each model): rel 1e-4 [<= 2.3e-5, the KL]; ptx loss rel 1e-5 / 1e-4
+[<= 3.7e-7]; saved actor, critic and EMA weights atol 1e-5 [<= 1.0e-6]; the two ranks' EMA copies
+bitwise equal [0].
 """
 
 from __future__ import annotations
@@ -49,22 +56,30 @@ COMMON = {
     "sample_every": 0,
     "learning_rate": 1e-4,
     "critic_learning_rate": 1e-4,
+    "ptx_coef": 1.0,  # PPO-ptx on step-1 SFT batches of 4 (2 per rank)
 }
+EMA = {"ema_decay": 0.5}
 RUNS = {  # 2-rank run -> its settings
-    "ddp": {},
+    "ddp": {**EMA, "save_steps": 1},
     # ZeRO-2 actor, ZeRO-3 critic; the reward model (critic's stage) with parameters on CPU
-    "zero2": {"actor_zero_stage": 2, "critic_zero_stage": 3, "offload_reference_model": True},
+    "zero2": {
+        **EMA,
+        "actor_zero_stage": 2,
+        "critic_zero_stage": 3,
+        "offload_reference_model": True,
+    },
     # ZeRO-3 actor (and reference): generation with synced_gpus; ZeRO-2 critic
     "zero3": {"actor_zero_stage": 3, "critic_zero_stage": 2, "save_steps": 1},
 }
-LAUNCH = [  # the ZeRO-3 run stops after rollout 1 (checkpoint), then resumes to rollout 2
+LAUNCH = [  # the DDP and ZeRO-3 runs stop after rollout 1 (checkpoint), then resume to rollout 2
+    ["ddp", {**RUNS["ddp"], "num_rollouts": 1}],
     ["ddp", RUNS["ddp"]],
     ["zero2", RUNS["zero2"]],
     ["zero3", {**RUNS["zero3"], "num_rollouts": 1}],
     ["zero3", RUNS["zero3"]],
 ]
 SHARED = ("reward/score_mean", "objective/kl", "rollout/response_len", "advantages/mean")
-LOSSES = ("policy/loss", "critic/value_loss")
+LOSSES = ("policy/loss", "critic/value_loss", "policy/ptx_loss")
 
 
 def _module(name: str):
@@ -81,11 +96,20 @@ def _module(name: str):
 def main(spec_path: str) -> None:
     """Every rank: run each PPO training of SPEC in this process group, recording the world size
     and each rollout's prompt / response widths on this rank."""
+    from safetensors.torch import save_file
+
     from simple_rlhf.config import load_config
-    from simple_rlhf.trainers import online
+    from simple_rlhf.trainers import online, ppo
     from simple_rlhf.trainers.ppo import PPOConfig, run
 
     spec = json.loads(Path(spec_path).read_text())
+    ema_of, emas = ppo.ema_of, []
+
+    def recording_ema(*args, **kwargs):
+        emas.append(ema_of(*args, **kwargs))
+        return emas[-1]
+
+    ppo.ema_of = recording_ema
     sample_and_score = online.sample_and_score
     seen: list[list[int]] = []
 
@@ -99,6 +123,7 @@ def main(spec_path: str) -> None:
     for name, overrides in spec["runs"]:
         out = Path(spec["out"]) / name
         seen.clear()
+        emas.clear()
         run(
             load_config(
                 PPOConfig, overrides={**spec["common"], **overrides, "output_dir": str(out)}
@@ -113,6 +138,9 @@ def main(spec_path: str) -> None:
             "widths": before + seen,
         }
         path.write_text(json.dumps(facts))
+        if emas and emas[-1] is not None:  # this rank's EMA copy at the end of the run
+            sd = {k: v.detach().clone() for k, v in emas[-1].model.state_dict().items()}
+            save_file(sd, str(out / f"ema_rank{rank}.safetensors"))
 
 
 # ---- tests ----------------------------------------------------------------------------------------
@@ -129,7 +157,7 @@ def ppo_runs(tmp_path_factory, tiny_sft, tiny_rm) -> Path:
 
     out = tmp_path_factory.mktemp("ppo_dist")
     common = {**COMMON, "actor_model_name_or_path": str(tiny_sft), "reward_model": str(tiny_rm)}
-    over = {**common, "per_device_train_batch_size": 4, "output_dir": str(out / "ref")}
+    over = {**common, **EMA, "per_device_train_batch_size": 4, "output_dir": str(out / "ref")}
     run(load_config(PPOConfig, overrides=over))
     assert not torch.distributed.is_initialized()
     spec = out / "spec.json"
@@ -177,9 +205,36 @@ def test_ppo_two_ranks_match_one_process(name, ppo_runs):
         assert g.keys() == w.keys()
         for k in w:
             torch.testing.assert_close(g[k], w[k], rtol=0, atol=1e-5, msg=f"{sub}{k}")
-    if name == "zero3":
+    if name in ("zero3", "ddp"):
         assert (folder / "checkpoints" / "step-1" / "state.json").exists()
         assert (folder / "checkpoints" / "step-2" / "state.json").exists()
+
+
+@pytest.mark.multiproc
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["ddp", "zero2"])
+def test_ppo_ema_two_ranks_match_one_process(name, ppo_runs):
+    """``--ema-decay 0.5`` with a DDP / ZeRO-2 actor: after 2 rollouts x 2 actor steps both ranks
+    hold bitwise the same EMA copy, and the one rank 0 saved (actor_ema/) equals the
+    single-process EMA (atol 1e-5) while differing from the final actor by more than that
+    (``e_4 = 0.5 e_3 + 0.5 w_4`` lags ``w_4``). The DDP run was resumed at rollout 1: its EMA
+    came back from the checkpoint (``actor_ema.safetensors``)."""
+    from safetensors.torch import load_file
+
+    folder, ref = ppo_runs / name, ppo_runs / "ref"
+    r0, r1 = (load_file(str(folder / f"ema_rank{r}.safetensors")) for r in (0, 1))
+    for k in r0:
+        torch.testing.assert_close(r0[k], r1[k], rtol=0, atol=0, msg=k)
+    got = load_file(str(folder / "actor_ema" / "model.safetensors"))
+    want = load_file(str(ref / "actor_ema" / "model.safetensors"))
+    actor = load_file(str(folder / "model.safetensors"))
+    assert got.keys() == want.keys()
+    for k in want:
+        torch.testing.assert_close(got[k], want[k], rtol=0, atol=1e-5, msg=k)
+    lag = max(float((got[k] - actor[k]).abs().max()) for k in want)
+    assert lag > 2e-5, lag  # measured 9.4e-5 (DDP)
+    if name == "ddp":
+        assert (folder / "checkpoints" / "step-1" / "actor_ema.safetensors").exists()
 
 
 @pytest.mark.multiproc
@@ -221,7 +276,7 @@ def test_batch_plan_with_two_processes():
         ({"actor_zero_stage": 2, "actor_offload": "param"}, "actor: offload"),
         ({"critic_zero_stage": 4}, "critic: zero_stage"),
         ({"actor_zero_stage": 2, "offload_reference_model": True}, "offload_reference_model"),
-        ({"actor_zero_stage": 2, "ema_decay": 0.99}, "ema_decay"),
+        ({"actor_zero_stage": 3, "ema_decay": 0.99}, "ema_decay: .*ZeRO-3"),
     ],
 )
 def test_ppo_dist_args_validation(overrides, message):

@@ -283,3 +283,52 @@ def test_ptx_loss_is_token_mean_nll_of_the_labelled_tokens(tiny_base, tok):
             nll += [-logp[t - 1, r["input_ids"][t]] for t, y in enumerate(r["labels"]) if y >= 0]
     assert len(nll) == 4
     torch.testing.assert_close(got, torch.stack(nll).mean(), rtol=1e-5, atol=1e-6)
+
+
+def test_cycle_ptx_global_stream_is_sharded_over_ranks_and_resumes():
+    """7 SFT rows (row i = tokens [i + 10, i + 10]), seed 3. One process, batch 4: the shuffled
+    order cut into 4 + 3. Two ranks, batch 2 each: the same global batches of 4 and 3, rank 0
+    taking rows 0-1 and rank 1 rows 2-3 (then 0-1 and 2 of the 3), so rank 0's rows followed by
+    rank 1's are the single-process batch; ``start=3`` skips 3 batches of the stream (pass 1's
+    two, then pass 2's first). With 5 rows and 2 x 2 per global batch each pass is 4 + 1 rows:
+    the chunk of 1 is skipped on both ranks, so every draw gives each rank 2 rows."""
+    from simple_rlhf.infra.distributed import Dist
+    from simple_rlhf.trainers.ppo_update import cycle_ptx
+
+    def rows_of(batch) -> list[int]:
+        return [int(r[0]) for r in batch["input_ids"]]
+
+    ex = [{"input_ids": [i + 10, i + 10], "labels": [-100, i + 10]} for i in range(7)]
+    one = cycle_ptx(ex, 4, 0, seed=3)
+    ranks = [cycle_ptx(ex, 2, 0, seed=3, dist=Dist(None, rank=r, world_size=2)) for r in (0, 1)]
+    single = [rows_of(next(one)) for _ in range(4)]
+    assert [len(b) for b in single] == [4, 3, 4, 3]
+    for want in single:
+        b0, b1 = (rows_of(next(it)) for it in ranks)
+        assert (len(b0), len(b1)) == (2, len(want) - 2)
+        assert b0 + b1 == want
+    resumed = cycle_ptx(ex, 4, 0, seed=3, start=3)
+    assert rows_of(next(resumed)) == single[3]
+    small = [cycle_ptx(ex[:5], 2, 0, seed=3, dist=Dist(None, rank=r, world_size=2)) for r in (0, 1)]
+    for _ in range(4):  # passes 1 and 2: never the 1-row chunk (a rank would get 0 rows)
+        b0, b1 = (rows_of(next(it)) for it in small)
+        assert len(b0) == len(b1) == 2 and len(set(b0 + b1)) == 4
+
+
+def test_ptx_nll_sum_over_token_count_is_the_ptx_loss(tiny_base, tok):
+    """The rank share ``ptx_nll_sum`` over its token count (3 + 1 = 4 labelled tokens) equals
+    ``ptx_loss`` (the token mean) on the same batch."""
+    from simple_rlhf.data.tokenize import IGNORE_INDEX, collate_sft
+    from simple_rlhf.trainers.ppo import ptx_loss
+    from simple_rlhf.trainers.ppo_update import ptx_nll_sum
+
+    model = load_causal_lm(str(tiny_base), tok, dropout=0.0).eval()
+    rows = [
+        {"input_ids": [11, 12, 13, 14, 15], "labels": [IGNORE_INDEX, IGNORE_INDEX, 13, 14, 15]},
+        {"input_ids": [21, 22, 23], "labels": [IGNORE_INDEX, IGNORE_INDEX, 23]},
+    ]
+    batch = collate_sft(rows, tok.pad_token_id)
+    with torch.no_grad():
+        total, count = ptx_nll_sum(model, batch)
+        torch.testing.assert_close(total / count, ptx_loss(model, batch), rtol=1e-5, atol=1e-6)
+    assert count == 4

@@ -56,8 +56,12 @@ update go through the DDP / DeepSpeed wrapper (``head_values`` for the critic). 
 actor generates with ``synced_gpus`` (transformers: ranks that finished keep stepping until all
 have), and every rank evaluates the same held-out prompts. Rank 0 saves the actor and the critic
 (gathered under ZeRO-3); ``--save-steps`` writes resumable checkpoints (``infra/dist_checkpoint``).
-Not with several processes: ``--ema-decay``; PPO-ptx's SFT loss is the mean over ranks of each
-rank's mean (not normalised by global token counts).
+PPO-ptx: one global stream of SFT batches of ``per_device_train_batch_size x N`` examples (the
+batches one process draws with that size), each rank forwarding its slice; the loss of batch ``j``
+is the token mean over the whole global batch (token counts all-reduced), so N ranks equal one
+process on the same global SFT batches. ``--ema-decay`` with the actor at ZeRO 0-2 (or DDP): every
+rank holds the full actor after each step and keeps the same EMA copy (rank 0 saves it, and the
+checkpoints carry it); refused at ZeRO-3 (partitioned parameters).
 
 Code: the configuration and batch plan are in ``trainers/ppo_config.py``, the update (actor and
 critic minibatch steps, PPO-ptx, EMA) in ``trainers/ppo_update.py``, what PPO shares with the
@@ -84,10 +88,10 @@ from simple_rlhf.losses.kl import AdaptiveKLController, FixedKLController
 from simple_rlhf.models.loading import disable_dropout
 from simple_rlhf.models.reward import load_reward_model
 from simple_rlhf.rollout import experience as xp
-from simple_rlhf.rollout.generate import concat_rollouts
 from simple_rlhf.trainers import common
 from simple_rlhf.trainers import online as ol
 from simple_rlhf.trainers.online import Learner
+from simple_rlhf.trainers.online_dist import gather_rollout
 from simple_rlhf.trainers.ppo_config import (
     BatchPlan,
     PPOBatchArgs,
@@ -100,6 +104,7 @@ from simple_rlhf.trainers.ppo_config import (
     batch_plan,
     validate,
 )
+from simple_rlhf.trainers.ppo_dist import EMA_ZERO3, ema_of, load_ema, save_ema
 from simple_rlhf.trainers.ppo_update import (
     EMA,
     actor_minibatch_step,
@@ -183,6 +188,7 @@ class Models:
     reward: Any
     engines: dict[str, Any] = dataclasses.field(default_factory=dict)  # "actor", "critic"
     actor_plan: Any = None
+    ema: EMA | None = None  # --ema-decay: the actor's EMA copy (same on every rank)
 
 
 def setup_models(cfg: PPOConfig, tokenizer: Any, plan: BatchPlan, dist: Any) -> Models:
@@ -207,9 +213,11 @@ def setup_models(cfg: PPOConfig, tokenizer: Any, plan: BatchPlan, dist: Any) -> 
         c_sched = common.build_scheduler(c_opt, critic_o, plan.total_steps)
         a = Learner(actor, a_opt, a_sched, o.max_grad_norm)
         c = Learner(critic, c_opt, c_sched, o.max_grad_norm)
-        return Models(actor, ref, critic, a, c, reward)
+        return Models(actor, ref, critic, a, c, reward, ema=ema_of(actor, p.ema_decay))
     d = cfg.dist
     a_plan = dist.plan(o, m.dtype)  # --actor-zero-stage / --actor-offload (or the JSON)
+    if p.ema_decay and a_plan.zero_stage == 3:
+        raise ConfigError(EMA_ZERO3)
     c_stage = d.critic_zero_stage
     if c_stage is None and d.deepspeed_config is None:
         c_plan = dist.plan(critic_o, m.dtype, zero_stage=None)
@@ -250,6 +258,7 @@ def setup_models(cfg: PPOConfig, tokenizer: Any, plan: BatchPlan, dist: Any) -> 
     if "rm" in reward.names:  # the RM follows the critic's stage (ZeRO-3: partitioned)
         scorer = reward.sources[reward.names.index("rm")].scorer
         scorer.model = rm_plan.wrap_frozen(scorer.model).module
+    ema = ema_of(actor, p.ema_decay, dist.device)  # before wrapping: the plain HF module
     a_opt = common.build_optimizer(actor, o, cfg.lora)
     c_opt = common.build_optimizer(critic, critic_o)
     a_eng = a_plan.wrap(actor, a_opt, common.build_scheduler(a_opt, o, actor_steps))
@@ -257,29 +266,7 @@ def setup_models(cfg: PPOConfig, tokenizer: Any, plan: BatchPlan, dist: Any) -> 
     a = Learner(a_eng.model, a_eng.optimizer, a_eng.scheduler, o.max_grad_norm, engine=a_eng)
     c = Learner(c_eng.model, c_eng.optimizer, c_eng.scheduler, o.max_grad_norm, engine=c_eng)
     engines = {"actor": a_eng, "critic": c_eng}
-    return Models(a_eng.module, ref, c_eng.module, a, c, reward, engines, a_plan)
-
-
-def gather_rollout(
-    dist: Any, pad_id: int, rollout: Any, per_row: dict[str, torch.Tensor]
-) -> tuple[Any, dict[str, torch.Tensor]]:
-    """The global rollout batch on every rank: each rank's rows in rank order (= the global
-    batch), prompts re-left-padded and ``[b, R]`` tensors right-padded with 0 to the widest rank;
-    ``[b]`` tensors concatenated. One process: unchanged."""
-    if dist.world_size == 1:
-        return rollout, per_row
-    mine = {"rollout": rollout.to("cpu"), **{k: v.cpu() for k, v in per_row.items()}}
-    parts: list[Any] = [None] * dist.world_size
-    torch.distributed.all_gather_object(parts, mine)
-    glob = concat_rollouts([q["rollout"] for q in parts], pad_id).to(dist.device)
-    R = glob.response_ids.shape[1]
-    out = {}
-    for k in per_row:
-        ts = [q[k] for q in parts]
-        if ts[0].dim() == 2:
-            ts = [torch.nn.functional.pad(t, (0, R - t.shape[1])) for t in ts]
-        out[k] = torch.cat(ts).to(dist.device)
-    return glob, out
+    return Models(a_eng.module, ref, c_eng.module, a, c, reward, engines, a_plan, ema)
 
 
 def rollout_values(critic: Any, rollout: Any, batch_size: int, distributed: bool) -> torch.Tensor:
@@ -322,16 +309,7 @@ def run(cfg: PPOConfig) -> dict[str, Any]:
         if p.adaptive_kl
         else FixedKLController(p.kl_coef)
     )
-    if p.ema_decay and multi:
-        raise ConfigError("ema_decay: not supported with several processes yet")
-    ema = EMA(actor, p.ema_decay) if p.ema_decay else None
-    ptx_iter = None
-    if ptx_data is not None:
-        ptx_iter = cycle_ptx(ptx_data, plan.micro_batch, tokenizer.pad_token_id, o.seed)
-        if multi:  # each rank its own stream of SFT batches
-            ptx_iter = cycle_ptx(
-                dist.shard(ptx_data), plan.micro_batch, tokenizer.pad_token_id, o.seed
-            )
+    ema = md.ema
     logger = common.start_logger(cfg, dist, plan.num_rollouts)
     if multi:
         logger.print(f"[ppo] actor: {md.engines['actor'].describe()}")
@@ -359,6 +337,7 @@ def run(cfg: PPOConfig) -> dict[str, Any]:
         state = load_dist_checkpoint(ckpt, md.engines) if ckpt is not None else None
         if state is not None:
             state["path"] = str(ckpt)
+            load_ema(ckpt, ema)
     else:
         state = ol.resume(cfg, models, opts, scheds)
     step = state["step"] if state else 0
@@ -366,6 +345,13 @@ def run(cfg: PPOConfig) -> dict[str, Any]:
         kl_ctl.load_state_dict(state["kl_controller"])
         logger.print(f"[ppo] resumed from {state['path']} at rollout {step}")
 
+    ptx_iter = None
+    if ptx_data is not None:  # several ranks: each its slice of the same global batches
+        used = max(step - p.critic_warmup_rollouts, 0) * plan.steps_per_rollout * plan.accumulation
+        ptx_iter = cycle_ptx(
+            ptx_data, plan.micro_batch, tokenizer.pad_token_id, o.seed,
+            dist=dist if multi else None, start=used,
+        )  # fmt: skip
     temperature = xp.logprob_temperature(cfg.sampling)
     gen_ctx = md.actor_plan.hf_current if multi else contextlib.nullcontext
     # several processes: every rank evaluates the same prompts (ZeRO-3 forwards are collective)
@@ -452,7 +438,8 @@ def run(cfg: PPOConfig) -> dict[str, Any]:
         if cfg.log.save_steps and step % cfg.log.save_steps == 0:
             ckpt_state = {"kl_controller": kl_ctl.state_dict()}
             if multi:
-                save_dist_checkpoint(out_dir, step, md.engines, ckpt_state)
+                path = save_dist_checkpoint(out_dir, step, md.engines, ckpt_state)
+                save_ema(path, ema, dist)
             else:
                 save_checkpoint(
                     out_dir, step, models=models, optimizers=opts, schedulers=scheds,
@@ -461,11 +448,13 @@ def run(cfg: PPOConfig) -> dict[str, Any]:
 
     # ---- evaluate + save ----
     ol.finish_summary(summary, evaluate, step, last_eval, metrics, SHOWN)
-    if not multi:
-        if ema is not None:
+    if ema is not None:  # several processes: rank 0 (every rank holds the same copy)
+        if dist.is_main:
             save_hf_model(
                 ema.model, tokenizer, f"{out_dir}/actor_ema", merge_lora=cfg.lora.merge_lora
             )
+        dist.barrier()
+    if not multi:
         save_hf_model(critic, tokenizer, f"{out_dir}/critic")
         logger.print(f"[ppo] saved the critic to {out_dir}/critic")
         return common.finish_training(actor, tokenizer, cfg, summary, logger, "ppo")

@@ -246,8 +246,11 @@ def validate(cfg: PPOConfig) -> None:
         raise ConfigError("ema_decay: must be in (0, 1)")
     if cfg.reward.reward_clip is not None and cfg.reward.reward_clip <= 0:
         raise ConfigError("reward_clip: must be > 0 (or None)")
-    if p.ema_decay is not None and cfg.dist.any_deepspeed:
-        raise ConfigError("ema_decay: not supported with DeepSpeed (--actor/--critic-zero-stage)")
+    if p.ema_decay is not None and cfg.dist.actor_zero_stage == 3:
+        raise ConfigError(
+            "ema_decay: not supported with the actor at ZeRO-3 (partitioned parameters); "
+            "use --actor-zero-stage 0, 1 or 2"
+        )
     check_rollout_shape(cfg, b.prompts_per_rollout, b.responses_per_prompt)
 
 

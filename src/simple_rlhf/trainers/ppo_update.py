@@ -42,12 +42,40 @@ def ptx_loss(actor: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     return loss
 
 
-def cycle_ptx(examples: Sequence[dict], batch_size: int, pad_id: int, seed: int) -> Iterator:
-    """Collated step-1 SFT batches forever, reshuffled each pass (``seed + pass``)."""
-    epoch = 0
+def ptx_nll_sum(actor: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
+    """``(sum_{b,t} m_bt (-log p_bt), sum_{b,t} m_bt)`` over the labelled tokens of a step-1
+    batch: a rank's share of the token mean over a global (sharded) PPO-ptx batch."""
+    logits = forward(actor, batch["input_ids"], batch["attention_mask"]).logits
+    labels = batch["labels"][:, 1:]  # [B, T-1]
+    mask = labels != IGNORE_INDEX
+    nll = -token_logprobs(logits[:, :-1], labels)
+    return torch.where(mask, nll, torch.zeros_like(nll)).sum(), int(mask.sum())
+
+
+def cycle_ptx(
+    examples: Sequence[dict],
+    batch_size: int,
+    pad_id: int,
+    seed: int,
+    dist: Any = None,
+    start: int = 0,
+) -> Iterator:
+    """Collated step-1 SFT batches forever, reshuffled each pass (``seed + pass``); the first
+    ``start`` batches are skipped (a resumed run continues the stream).
+
+    Several ranks (``dist``): the global stream of batches of ``batch_size x world_size``
+    examples (the order one process draws with that batch size), identical on every rank; each
+    rank collates its contiguous slice (:meth:`Dist.shard`). A last chunk with fewer examples
+    than ranks is skipped on every rank (a rank would have nothing to forward)."""
+    world = dist.world_size if dist is not None else 1
+    epoch, k = 0, 0
     while True:
-        for chunk in common.batches(examples, batch_size, shuffle=True, seed=seed + epoch):
-            yield collate_sft(chunk, pad_id)
+        for chunk in common.batches(examples, batch_size * world, shuffle=True, seed=seed + epoch):
+            if len(chunk) < world:
+                continue
+            if k >= start:
+                yield collate_sft(dist.shard(chunk) if world > 1 else chunk, pad_id)
+            k += 1
         epoch += 1
 
 
@@ -100,7 +128,7 @@ def actor_minibatch_step(
         for batch in ptx_batches[:n_micro]:
             ptx = ptx_loss(actor.model, batch)
             (args.ptx_coef * ptx / n_micro).backward()
-            total += float(ptx)
+            total += float(ptx.detach())
         acc["policy/ptx_loss"] = total / min(n_micro, len(ptx_batches))
     acc["policy/grad_norm"] = clip_and_step(actor)
     return acc
@@ -117,17 +145,27 @@ def _engine_actor_step(
     norm_mb: xp.Experience | None,
     scale: float,
 ) -> dict[str, float]:
-    """The actor step through an engine: PPO-ptx's ``ptx_coef * SFT_j / n_micro`` joins
-    micro-batch ``j``'s backward (the mean over ranks of the per-rank ptx means)."""
+    """The actor step through an engine: PPO-ptx joins micro-batch ``j``'s backward.
+
+    The ptx batches are this rank's slices of global batches (:func:`cycle_ptx`); with ``n_j``
+    the global count of labelled tokens of batch ``j`` (all-reduced) the rank backpropagates
+    ``scale * ptx_coef * NLL_sum_j(rank) / (n_j * n_micro)``: summed over ranks (the engine
+    averages, ``scale`` = world size undoes it) that is ``ptx_coef * mean_j token_mean_j``, the
+    single-process loss on the same global batches. The metric is the rank's share
+    ``NLL_sum_j(rank) / n_j`` (``ppo_update`` adds the ranks)."""
     n_micro = -(-len(mb) // micro_size)
     use_ptx = args.ptx_coef > 0 and len(ptx_batches) > 0
+    batches = list(ptx_batches[:n_micro]) if use_ptx else []
+    counts = [float((b["labels"][:, 1:] != IGNORE_INDEX).sum()) for b in batches]
+    counts = actor.engine.dist.all_reduce_sum(counts) if counts else []
 
     def ptx_term(j: int) -> tuple[torch.Tensor, dict[str, float]]:
-        if not use_ptx or j >= len(ptx_batches):
+        if j >= len(batches):
             return torch.zeros(()), {}
-        ptx = ptx_loss(actor.model, ptx_batches[j])
-        n = min(n_micro, len(ptx_batches))
-        return args.ptx_coef * ptx / n_micro, {"policy/ptx_loss": float(ptx) / n}
+        nll_sum, _ = ptx_nll_sum(actor.model, batches[j])
+        n_j = max(counts[j], 1.0)
+        term = args.ptx_coef * nll_sum / n_j * (scale / n_micro)
+        return term, {"policy/ptx_loss": float(nll_sum.detach()) / n_j / len(batches)}
 
     acc = policy_backward(
         actor.model, mb, micro_size, spec, temperature=temperature, learner=actor,
@@ -189,6 +227,7 @@ class EMA:
 
     def __init__(self, model: Any, decay: float) -> None:
         self.decay = decay
+        self.names = [n for n, p in model.named_parameters() if p.requires_grad]  # what moves
         self.model = copy.deepcopy(model).eval()
         for p in self.model.parameters():
             p.requires_grad_(False)
@@ -246,8 +285,8 @@ def ppo_update(
                     ptx_batches=ptx, agg_constant=agg_constant, **kw,
                 )  # fmt: skip
                 accumulate(totals, m)
-                if ema is not None:
-                    ema.update(actor.model)
+                if ema is not None:  # the HF module (not a DDP / DeepSpeed wrapper)
+                    ema.update(actor.model if actor.engine is None else actor.engine.module)
             if critic is not None:
                 m = critic_minibatch_step(critic, mb, plan.micro_batch, args, **kw)
                 accumulate(totals, m)
@@ -255,7 +294,7 @@ def ppo_update(
     if world > 1:
         keys = sorted(totals)
         sums = dist.all_reduce_sum([totals[k] for k in keys])
-        per_rank = ("grad_norm", "ptx_loss")  # the same on every rank / a per-rank mean
+        per_rank = ("grad_norm",)  # the same on every rank (ptx_loss: per-rank shares)
         totals = {
             k: v / world if k.endswith(per_rank) else v for k, v in zip(keys, sums, strict=True)
         }
