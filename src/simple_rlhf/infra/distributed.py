@@ -334,15 +334,27 @@ class Plan:
         finally:
             hf_ds._hf_deepspeed_config_weak_ref = previous
 
-    def wrap(self, model: Any, optimizer: Any, scheduler: Any) -> Engine:
-        """Plain model (one process), DDP (several, no DeepSpeed) or ``deepspeed.initialize``."""
+    def wrap(
+        self, model: Any, optimizer: Any, scheduler: Any, *, allow_4bit: bool = False
+    ) -> Engine:
+        """Plain model (one process), DDP (several, no DeepSpeed) or ``deepspeed.initialize``.
+
+        QLoRA (a bitsandbytes 4-bit base) at ZeRO-3 only with ``allow_4bit``: the packed weights
+        are partitioned and gathered like any parameter and :meth:`Engine.save_hf` writes what
+        one process writes (2-process SFT test in ``tests/infra/test_distributed.py``), but a
+        trainer passes it only once its own path (e.g. generation, frozen copies) was checked."""
         d = self.dist
-        if self.zero_stage == 3 and any(is_4bit_param(p) for p in model.parameters()):
+        if (
+            self.zero_stage == 3
+            and not allow_4bit
+            and any(is_4bit_param(p) for p in model.parameters())
+        ):
             from simple_rlhf.config import ConfigError
 
             raise ConfigError(
-                "load_in_4bit (QLoRA) cannot be saved from ZeRO-3 yet; use --zero-stage 0, 1 or 2 "
-                "(only the small adapters train, so stage 3 gains little) or drop --load-in-4bit"
+                "load_in_4bit (QLoRA) with ZeRO-3 is not enabled for this trainer; use "
+                "--zero-stage 0, 1 or 2 (only the small adapters train, so stage 3 gains little) "
+                "or drop --load-in-4bit"
             )
         if self.ds_config is not None:
             import deepspeed
@@ -493,11 +505,40 @@ class Engine:
         from simple_rlhf.infra.checkpoint import save_hf_model
 
         model = self.module
+        if self.zero_stage == 3 and any(is_4bit_param(p) for p in model.parameters()):
+            self._save_qlora_gathered(tokenizer, out_dir, merge_lora, extra_json)
+            return
         if self.zero_stage == 3:
             state = zero.gather_state_dict(self.module, self.dist.is_main)
             model = zero.plain_copy(self.module, state) if self.dist.is_main else None
         if self.dist.is_main:
             save_hf_model(model, tokenizer, out_dir, merge_lora=merge_lora, extra_json=extra_json)
+        self.dist.barrier()
+
+    def _save_qlora_gathered(
+        self,
+        tokenizer: Any,
+        out_dir: str | Path,
+        merge_lora: bool,
+        extra_json: Mapping[str, Any] | None,
+    ) -> None:
+        """QLoRA under ZeRO-3: the packed 4-bit weights do not load into an unquantised skeleton
+        (:func:`zero.plain_copy`), so the live model is gathered whole on every rank (at its
+        4-bit size) and rank 0 saves it as one process would: merged, the NF4 base dequantised
+        plus ``s * B @ A`` into a new plain model (``models/lora.py::dequantized_merged``, built
+        with transformers' ZeRO-3 detection off), or the adapter alone with ``qlora.json``."""
+        from simple_rlhf.infra.checkpoint import save_hf_model
+
+        with self.gathered():
+            if self.dist.is_main:
+                with zero.zero3_detection_off():
+                    save_hf_model(
+                        self.module,
+                        tokenizer,
+                        out_dir,
+                        merge_lora=merge_lora,
+                        extra_json=extra_json,
+                    )
         self.dist.barrier()
 
     # --- reporting ---

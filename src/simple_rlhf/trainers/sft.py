@@ -150,7 +150,7 @@ def run(cfg: SFTConfig) -> dict[str, Any]:
     if not train:
         raise ValueError("no training examples left after length filtering: raise --max-seq-len")
     plan = dist.plan(cfg.optim, cfg.model.dtype)  # before loading: ZeRO-3 partitions at load
-    check_qlora(cfg.lora, plan.zero_stage)  # QLoRA: LoRA on, adapters only, not ZeRO-3
+    check_qlora(cfg.lora, plan.zero_stage, zero3_ok=True)  # QLoRA: LoRA on, adapters only
     with plan.loading():
         model = load_causal_lm(
             cfg.model.model_name_or_path,
@@ -166,7 +166,7 @@ def run(cfg: SFTConfig) -> dict[str, Any]:
     total_steps = common.total_training_steps(o, len(train), dist.world_size)
     optimizer = common.build_optimizer(model, o, cfg.lora)
     scheduler = common.build_scheduler(optimizer, o, total_steps)
-    engine = plan.wrap(model, optimizer, scheduler)  # plain / DDP / DeepSpeed
+    engine = plan.wrap(model, optimizer, scheduler, allow_4bit=True)  # plain / DDP / DeepSpeed
     if dist.world_size > 1:
         set_seed(dist.rank_seed(o.seed))  # dropout differs per rank
     logger = common.start_logger(cfg, dist, total_steps)  # writes on rank 0 only
