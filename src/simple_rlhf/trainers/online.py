@@ -257,7 +257,7 @@ def old_and_reference_logprobs(
 @dataclasses.dataclass
 class Learner:
     """A trainable model with its optimiser and schedule. With an ``engine``
-    (``infra/distributed.py::Engine``; ``model`` is then ``engine.model``, the DDP / DeepSpeed
+    (``infra/engine.py::Engine``; ``model`` is then ``engine.model``, the DDP / DeepSpeed
     wrapper that every training forward must go through) the micro-batches, backward and step
     run through it, across ranks."""
 
