@@ -17,6 +17,7 @@ from simple_rlhf.data.tokenize import Limits, encode_prompts
 from simple_rlhf.models.loading import load_causal_lm, load_tokenizer
 from simple_rlhf.rollout.generate import SamplingArgs
 from simple_rlhf.rollout.rewards import CombinedReward
+from simple_rlhf.trainers.best_of_n import select_best_worst, write_jsonl
 from simple_rlhf.trainers.rejection_sampling import (
     RejectionSamplingArgs,
     RejectionSamplingConfig,
@@ -26,8 +27,6 @@ from simple_rlhf.trainers.rejection_sampling import (
     run,
     sample_and_select,
     sample_chunks,
-    select_best_worst,
-    write_jsonl,
 )
 
 

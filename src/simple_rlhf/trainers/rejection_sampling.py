@@ -42,8 +42,10 @@ Measured (``benchmarks/distill_results.md``; tiny SFT policy at greedy gold 0.75
 3e-4: 0.755 -> 0.943 -> 0.993 (per-chunk seeds; session 2's seeding 0.755 -> 0.979 -> 0.993);
 at lr 1e-3 round 1 is as good (0.977) but round 2 falls back (0.928; 256 prompts: 0.981 ->
 0.962), so the default is 3e-4. A 200-step RM as the scorer (pair accuracy 0.78): 0.755 -> 0.868
--> 0.865 (session 2's seeding: 0.889 -> 0.828); round 2 does not help because the RM's picks get worse in truth once the policy has moved towards what the RM
-likes (gold of the kept responses 0.80 -> 0.74; at lr 1e-3 0.80 -> 0.66): the RM's proxy error.
+-> 0.865 (session 2's seeding: 0.889 -> 0.828); round 2 does not help because the RM's picks get
+worse in truth once the policy has moved towards what the RM likes (gold of the kept responses
+0.80 -> 0.74; at lr 1e-3 0.80 -> 0.66): the RM's proxy error. Selection and records:
+``trainers/best_of_n.py``.
 
 Sampling is in chunks of ``generation_batch_size // num_samples`` prompts, each with its own
 seed (round seed, chunk index), so the samples do not depend on how the chunks are spread.
@@ -59,7 +61,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import random
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -96,6 +97,7 @@ from simple_rlhf.rollout.rewards import (
     fields_to_columns,
 )
 from simple_rlhf.trainers import common
+from simple_rlhf.trainers.best_of_n import select, write_jsonl
 
 RewardFn = Callable[..., list[float]]
 
@@ -190,57 +192,6 @@ def reward_source(cfg: RejectionSamplingConfig) -> tuple[RewardFn, str]:
     return reward, weights
 
 
-def select_best_worst(
-    scores: torch.Tensor, valid: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Best and worst sample of each prompt among the valid ones.
-
-    Args:
-        scores: ``[n_prompts, N]``.
-        valid: ``[n_prompts, N]`` bool (e.g. ended with EOS).
-    Returns:
-        ``best [n]`` (argmax, first on ties), ``worst [n]`` (argmin, first on ties),
-        ``has_valid [n]`` (rows with no valid sample must be skipped).
-    """
-    neg = torch.full_like(scores, float("-inf"))
-    pos = torch.full_like(scores, float("inf"))
-    best = torch.where(valid, scores, neg).argmax(dim=1)
-    worst = torch.where(valid, scores, pos).argmin(dim=1)
-    return best, worst, valid.any(dim=1)
-
-
-def sft_record(prompt: Any, response: str, score: float) -> dict[str, Any]:
-    """One SFT record in the data layer's format (conversational when the prompt is messages)."""
-    if isinstance(prompt, list):
-        return {"messages": [*prompt, {"role": "assistant", "content": response}], "score": score}
-    return {"prompt": prompt, "response": response, "score": score}
-
-
-def pair_record(prompt: Any, chosen: str, rejected: str, scores: Sequence[float]) -> dict:
-    if isinstance(prompt, list):
-        chosen_r: Any = [{"role": "assistant", "content": chosen}]
-        rejected_r: Any = [{"role": "assistant", "content": rejected}]
-    else:
-        chosen_r, rejected_r = chosen, rejected
-    return {
-        "prompt": prompt,
-        "chosen": chosen_r,
-        "rejected": rejected_r,
-        "chosen_score": scores[0],
-        "rejected_score": scores[1],
-    }
-
-
-def write_jsonl(path: Path, rows: Sequence[dict[str, Any]]) -> None:
-    """Write rows atomically (temporary file renamed into place)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with tmp.open("w", encoding="utf-8") as fh:
-        for row in rows:
-            fh.write(json.dumps(row, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
-
-
 def round_prompts(prompts: Sequence[Any], round_index: int, max_prompts: int | None) -> list:
     """Round ``round_index`` (0-based) takes the next ``max_prompts`` prompts, cycling."""
     if max_prompts is None or max_prompts >= len(prompts):
@@ -303,54 +254,6 @@ def sample_chunks(
         }
         for k in range(len(rows))
     ]
-
-
-def select(
-    prompts: Sequence[dict[str, Any]], samples: Sequence[dict[str, Any]], rs: RejectionSamplingArgs
-) -> tuple[list[dict], list[dict], dict[str, float]]:
-    """Keep the best (and worst) sample of each prompt (records of :func:`sample_chunks`).
-
-    Returns ``(sft_rows, pair_rows, metrics)``.
-    """
-    scores = torch.tensor([s["scores"] for s in samples])  # [n, N]
-    has_eos = torch.tensor([s["eos"] for s in samples], dtype=torch.bool)  # [n, N]
-    valid = has_eos if rs.require_eos else torch.ones_like(has_eos)
-    best, worst, has_valid = select_best_worst(scores, valid)
-    sft_rows, pair_rows, kept_scores, worst_scores = [], [], [], []
-    for i, (p, s) in enumerate(zip(prompts, samples, strict=True)):
-        if not has_valid[i]:
-            continue
-        b, w = int(best[i]), int(worst[i])
-        s_best, s_worst = float(scores[i, b]), float(scores[i, w])
-        if rs.min_score is not None and s_best < rs.min_score:
-            continue
-        sft_rows.append(sft_record(p["prompt"], s["texts"][b], s_best))
-        kept_scores.append(s_best)
-        worst_scores.append(s_worst)
-        if rs.keep_worst and s_best > s_worst:
-            pair_rows.append(
-                pair_record(p["prompt"], s["texts"][b], s["texts"][w], (s_best, s_worst))
-            )
-    per_source: dict[str, list[float]] = {}
-    for s in samples:
-        for name, v in s["sources"].items():
-            per_source.setdefault(name, []).extend(v)
-    lengths = [x for s in samples for x in s["lengths"]]
-    return (
-        sft_rows,
-        pair_rows,
-        {
-            "rs/score_mean": float(scores.mean()),
-            "rs/best_of_n_score": float(scores.max(dim=1).values.mean()),
-            "rs/kept_score_mean": sum(kept_scores) / max(len(kept_scores), 1),
-            "rs/worst_score_mean": sum(worst_scores) / max(len(worst_scores), 1),
-            "rs/kept": float(len(sft_rows)),
-            "rs/pairs": float(len(pair_rows)),
-            "rollout/eos_rate": float(has_eos.float().mean()),
-            "rollout/response_len": sum(lengths) / max(len(lengths), 1),
-            **CombinedReward.metrics(per_source),
-        },
-    )
 
 
 def sample_and_select(
