@@ -5,8 +5,9 @@ one ``torchrun --standalone --nproc_per_node 2`` runs five short SFT trainings i
 (DDP, ZeRO-2, ZeRO-2 + optimizer offload, ZeRO-3 + optimizer and parameter offload, ZeRO-3 without
 offload + LoRA merged), one ``deepspeed --num_gpus 2`` launch (its ``--local_rank`` flag, resume from a
 DeepSpeed checkpoint, a LoRA adapter saved from ZeRO-3, bf16) and one DeepSpeed run in a single
-process; one more ``torchrun`` runs this file as its worker (:func:`qlora_worker`): QLoRA SFT at
-ZeRO-3 (``sft.run`` as a user runs it). Each is compared with a single-process run on the same global batch: per rank 4
+process; one more ``torchrun`` runs this file as its worker (:func:`qlora_worker`): QLoRA at
+ZeRO-3 with the real ``run`` of SFT, the reward model, DPO (reference on the fly and precomputed)
+and KTO. Each is compared with a single-process run on the same global batch: per rank 4
 examples x 2 ranks = 8 examples in one process, 3 optimiser steps, cosine schedule from 3e-3 with
 no warm-up (the schedule matters from step 2), gradients clipped to norm 1 (the initial norm is
 ~6.7, so clipping is active).
@@ -71,6 +72,21 @@ LAUNCHER_RUNS = [
 
 QLORA = {"zero_stage": 3, "lora_dim": 8, "load_in_4bit": True}
 QLORA_RUNS = {"qlora_merged": {}, "qlora_adapter": {"merge_lora": False}}
+# QLoRA at ZeRO-3 for the other trainers (same launch): name -> (trainer, overrides). The DPO
+# reference is the policy with its adapter disabled (the 4-bit base), on the fly or precomputed.
+# adam_epsilon 1e-6 bounds how far rounding noise in a ~0 gradient moves a weight (see
+# test_distributed_preference.py); the precomputed run takes 2% of the pairs (200, not 4000):
+# the reference pass covers the whole train split.
+PREF = {"learning_rate": 1e-3, "adam_epsilon": 1e-6}
+QLORA_TRAINERS = {
+    "rm_qlora": ("reward", PREF),
+    "dpo_qlora": ("dpo", PREF),
+    "dpo_qlora_precomputed": (
+        "dpo",
+        {**PREF, "precompute_ref_log_probs": True, "data_split": "49,2,49"},
+    ),
+    "kto_qlora": ("kto", PREF),
+}
 
 
 def _free_port() -> int:
@@ -287,17 +303,33 @@ def test_deepspeed_in_one_process(tmp_path, references):
 # --- in-process unit tests (no process group) ---------------------------------------------------
 
 
-def qlora_worker(spec_path: str) -> None:
-    """Every rank (``python test_distributed.py SPEC``): QLoRA SFT runs at ZeRO-3 (the real
-    ``sft.run``); records the world size seen by each rank."""
-    from simple_rlhf.trainers import sft
+def _qlora_run(trainer: str, overrides: dict) -> dict:
+    """One training of ``trainer`` (sft, reward, dpo, kto) with the shared SFT test settings."""
+    from simple_rlhf.trainers import kto, preference, reward, sft
 
+    runs = {
+        "sft": (SFTConfig, sft.run),
+        "reward": (reward.RewardConfig, reward.run),
+        "dpo": (preference.DPOConfig, preference.run),
+        "kto": (kto.KTOConfig, kto.run),
+    }
+    cls, fn = runs[trainer]
+    if trainer == "reward":  # no generation in the RM trainer
+        overrides = {k: v for k, v in overrides.items() if k != "gold_eval_prompts"}
+    return fn(load_config(cls, overrides=overrides))
+
+
+def _qlora_specs() -> dict[str, tuple[str, dict]]:
+    return {**{k: ("sft", v) for k, v in QLORA_RUNS.items()}, **QLORA_TRAINERS}
+
+
+def qlora_worker(spec_path: str) -> None:
+    """Every rank (``python test_distributed.py SPEC``): QLoRA runs at ZeRO-3 (the real
+    ``run`` of each trainer); records the world size seen by each rank."""
     spec = json.loads(Path(spec_path).read_text())
-    for name, over in spec["runs"]:
+    for name, trainer, over in spec["runs"]:
         out = Path(spec["out"]) / name
-        sft.run(
-            load_config(SFTConfig, overrides={**spec["common"], **over, "output_dir": str(out)})
-        )
+        _qlora_run(trainer, {**spec["common"], **over, "output_dir": str(out)})
         rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
         (out / f"rank{rank}.json").write_text(json.dumps({"rank": rank, "world_size": world}))
 
@@ -305,20 +337,22 @@ def qlora_worker(spec_path: str) -> None:
 @pytest.fixture(scope="module")
 def qlora_runs(tmp_path_factory, tiny_base) -> Path:
     """One-process QLoRA references (global batch 8, no DeepSpeed) and the 2-rank ZeRO-3 runs
-    (4 per rank) in one torchrun launch."""
+    (4 per rank) of every trainer in one torchrun launch."""
     import importlib.util
 
     import deepspeed  # noqa: F401 - CI must have it: fail here rather than skip
 
     out = tmp_path_factory.mktemp("qlora")
     q1 = {k: v for k, v in QLORA.items() if k != "zero_stage"}
-    for name, extra in QLORA_RUNS.items():
-        cfg = {**COMMON, **q1, **extra, "per_device_train_batch_size": 8}
-        run(load_config(SFTConfig, overrides={**cfg, "output_dir": str(out / f"ref_{name}")}))
+    model = {"model_name_or_path": str(tiny_base)}
+    for name, (trainer, extra) in _qlora_specs().items():
+        cfg = {**COMMON, **model, **q1, **extra, "per_device_train_batch_size": 8}
+        _qlora_run(trainer, {**cfg, "output_dir": str(out / f"ref_{name}")})
     assert not torch.distributed.is_initialized()
     spec = out / "spec.json"
-    runs = [[k, v] for k, v in QLORA_RUNS.items()]
-    spec.write_text(json.dumps({"out": str(out), "common": {**PER_RANK, **QLORA}, "runs": runs}))
+    runs = [[k, t, v] for k, (t, v) in _qlora_specs().items()]
+    common = {**PER_RANK, **model, **QLORA}
+    spec.write_text(json.dumps({"out": str(out), "common": common, "runs": runs}))
     found = importlib.util.spec_from_file_location("_qlora_dist_worker", WORKER)
     worker = importlib.util.module_from_spec(found)
     found.loader.exec_module(worker)
@@ -336,7 +370,8 @@ def test_qlora_zero3_saves_what_one_process_saves(qlora_runs):
     2e-5 [5.4e-6: Adam moves a weight whose gradient is within rounding of 0 by a different
     amount, see the module docstring], its ``lora_B`` (0 at the start) moved by > 1e-4, so the
     merged comparison sees the adapters.
-    Other trainers still refuse 4-bit at ZeRO-3 (``check_qlora(zero3_ok=)``, ``Plan.wrap``)."""
+    RM, DPO, KTO: :func:`test_qlora_zero3_other_trainers_match_one_process`; the online trainers
+    and distillation still refuse 4-bit at ZeRO-3 (``check_qlora(zero3_ok=)``, ``Plan.wrap``)."""
     from transformers import AutoModelForCausalLM
 
     for name in QLORA_RUNS:
@@ -361,6 +396,68 @@ def test_qlora_zero3_saves_what_one_process_saves(qlora_runs):
     assert (adapter / "qlora.json").exists()
     model = AutoModelForCausalLM.from_pretrained(merged)
     assert not any("lora" in n for n, _ in model.named_parameters())
+
+
+def _first(folder: Path, key: str) -> float:
+    return [r[key] for r in read_jsonl(folder / "metrics.jsonl") if key in r][0]
+
+
+@pytest.fixture(scope="module")
+def dequantized_base(tiny_base) -> dict[str, torch.Tensor]:
+    """The tiny base as the 4-bit runs start from it: NF4 weights dequantised (float32)."""
+    from simple_rlhf.models.loading import load_causal_lm, load_tokenizer
+    from simple_rlhf.models.lora import merged_state_dict
+
+    tok = load_tokenizer(str(tiny_base))
+    return merged_state_dict(load_causal_lm(str(tiny_base), tok, load_in_4bit=True))
+
+
+@pytest.mark.multiproc
+@pytest.mark.slow
+@pytest.mark.parametrize("name", list(QLORA_TRAINERS))
+def test_qlora_zero3_other_trainers_match_one_process(name, qlora_runs, dequantized_base):
+    """RM, DPO (reference = the 4-bit base with the adapter disabled, on the fly or precomputed
+    on each rank's shard) and KTO with QLoRA (NF4, r=8, lr 1e-3) at ZeRO-3, 2 ranks x 4 = 1 process
+    x 8, 3 steps: train losses of steps 1-3 rtol 1e-5 [<= 2.2e-7] (DPO/KTO step 1 is
+    ln 2 / the KL-free value for every example, so the step-1 chosen log-probs are compared too);
+    the merged save of rank 0 (plain float32, no quantization_config) equals the one-process save,
+    atol 1e-5 [<= 4.3e-7]; its LoRA targets differ from the dequantised NF4 base by > 1e-3
+    [~2e-3: the adapters moved], every other weight equals it. RM: the head
+    ``score`` is saved full precision, the folder loads as a scorer whose raw scores equal the
+    one-process RM's (atol 1e-5 [3.5e-7])."""
+    folder, ref = qlora_runs / name, qlora_runs / f"ref_{name}"
+    facts = [json.loads((folder / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert [(f["rank"], f["world_size"]) for f in facts] == [(0, 2), (1, 2)]
+    got, want = losses(folder), losses(ref)
+    assert len(got) == len(want) == 3
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=0)
+    trainer = QLORA_TRAINERS[name][0]
+    if trainer != "reward":
+        key = "train/logps/chosen"
+        assert _first(folder, key) == pytest.approx(_first(ref, key), rel=1e-5)
+    assert "quantization_config" not in json.loads((folder / "config.json").read_text())
+    g = load_file(str(folder / "model.safetensors"))
+    w = load_file(str(ref / "model.safetensors"))
+    base = dequantized_base
+    assert g.keys() == w.keys() and not any("lora" in k for k in w)
+    for k in w:
+        assert g[k].dtype == w[k].dtype == torch.float32, k
+        torch.testing.assert_close(g[k], w[k], rtol=0, atol=1e-5, msg=k)
+    targets = [k for k in w if k.endswith("proj.weight")]  # the LoRA targets
+    assert max(float((w[k] - base[k]).abs().max()) for k in targets) > 1e-3
+    for k in set(w) & set(base) - set(targets):  # norms, embeddings: frozen, saved as loaded
+        assert torch.equal(w[k], base[k]), k
+    if trainer == "reward":
+        from simple_rlhf.models.reward import RewardScorer
+
+        assert g["score.weight"].shape[0] == 1
+        scorers = [RewardScorer.load(str(f), normalize=False) for f in (folder, ref)]
+        ids = torch.arange(5, 45).view(2, 20)
+        mask = torch.ones_like(ids)
+        mask[1, 15:] = 0
+        s_got, s_want = (sc.raw_score_ids(ids, mask) for sc in scorers)
+        torch.testing.assert_close(s_got, s_want, rtol=0, atol=1e-5)
+        assert not any("lora" in n for n, _ in scorers[0].model.named_parameters())
 
 
 def test_4bit_weights_at_zero3_refused_unless_the_trainer_allows_them():

@@ -224,7 +224,7 @@ def test_bad_combinations_are_clear_errors(tiny_base, tok, monkeypatch):
     with pytest.raises(ConfigError, match="ZeRO-3"):
         check_qlora(QLORA, zero_stage=3)
     check_qlora(QLORA, zero_stage=2)  # fine
-    check_qlora(QLORA, zero_stage=3, zero3_ok=True)  # a trainer whose ZeRO-3 path is tested (SFT)
+    check_qlora(QLORA, zero_stage=3, zero3_ok=True)  # ZeRO-3 path tested: SFT, RM, DPO, KTO
     with pytest.raises(ConfigError, match="not loaded in 4-bit"):
         apply_lora(load_causal_lm(str(tiny_base), tok), QLORA)
     monkeypatch.setitem(sys.modules, "bitsandbytes", None)  # import fails as if not installed

@@ -94,8 +94,9 @@ class Plan:
 
         QLoRA (a bitsandbytes 4-bit base) at ZeRO-3 only with ``allow_4bit``: the packed weights
         are partitioned and gathered like any parameter and :meth:`Engine.save_hf` writes what
-        one process writes (2-process SFT test in ``tests/infra/test_distributed.py``), but a
-        trainer passes it only once its own path (e.g. generation, frozen copies) was checked."""
+        one process writes (2-process SFT, RM, DPO and KTO tests in
+        ``tests/infra/test_distributed.py``), but a trainer passes it only once its own path
+        (e.g. generation, frozen copies) was checked."""
         d = self.dist
         if (
             self.zero_stage == 3

@@ -85,8 +85,8 @@ def check_qlora(lora: Any, zero_stage: int | None = None, *, zero3_ok: bool = Fa
     * ``load_in_4bit`` under ZeRO-3 unless ``zero3_ok``: the packed uint8 weights are partitioned
       and gathered back like any parameter (the quantisation state is replicated) and
       ``Engine.save_hf`` saves what one process saves, but a trainer says ``zero3_ok`` only once
-      its own ZeRO-3 path (generation, frozen copies, ...) was tested with 4 bits: SFT so far
-      (``tests/infra/test_distributed.py``). ZeRO 0-2 work for every trainer.
+      its own ZeRO-3 path (generation, frozen copies, ...) was tested with 4 bits: SFT, reward,
+      the DPO family and KTO so far (``tests/infra/test_distributed.py``). ZeRO 0-2 work for every trainer.
     """
     if not getattr(lora, "load_in_4bit", False):
         return
@@ -97,9 +97,9 @@ def check_qlora(lora: Any, zero_stage: int | None = None, *, zero3_ok: bool = Fa
         )
     if zero_stage == 3 and not zero3_ok:
         raise ConfigError(
-            "load_in_4bit (QLoRA) with ZeRO-3 is only enabled for `sft` so far; use --zero-stage "
-            "0, 1 or 2 (only the small adapters train, so little is gained from stage 3) or drop "
-            "--load-in-4bit"
+            "load_in_4bit (QLoRA) with ZeRO-3 is enabled for sft, reward, dpo/simpo/cpo/orpo "
+            "and kto so far, not this trainer; use --zero-stage 0, 1 or 2 (only the small "
+            "adapters train, so little is gained from stage 3) or drop --load-in-4bit"
         )
 
 

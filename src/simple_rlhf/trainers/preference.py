@@ -41,7 +41,8 @@ Several GPUs (or CPU processes over gloo): the same command under a launcher, pl
 DeepSpeed ZeRO 0-3 with offload (see ``trainers/preference_loop.py``: each rank takes a disjoint
 slice of every global batch of ``per_device_train_batch_size x N`` pairs; N ranks x batch B equal
 one process with batch N x B; the reference is partitioned like the policy under ZeRO-3;
-precomputed reference log-probs are computed by all ranks, each on its shard)::
+precomputed reference log-probs are computed by all ranks, each on its shard; QLoRA
+``--load-in-4bit`` at any stage, 3 included)::
 
     torchrun --nproc_per_node 8 -m simple_rlhf dpo --config configs/tiny/dpo.yaml --zero-stage 2
     deepspeed --num_gpus 8 --module simple_rlhf dpo --zero-stage 3 --offload all ...

@@ -19,6 +19,11 @@ second, frozen load of the same weights wrapped by ``plan.wrap_frozen`` (ZeRO-3:
 the ranks like the policy). Precomputed reference log-probs are computed on each rank's padded
 shard of the data and summed over ranks, so every rank holds all of them (and every rank ran the
 same forwards, as ZeRO-3 needs).
+
+QLoRA (``--load-in-4bit``) works at every ZeRO stage, 3 included: with adapters only, the
+reference is the 4-bit base with the adapter disabled (on the fly or precomputed); the save
+gathers the 4-bit model and writes it merged (``Engine.save_hf``). DPO and KTO at ZeRO-3 are
+compared with one process in ``tests/infra/test_distributed.py``.
 """
 
 from __future__ import annotations
@@ -82,7 +87,8 @@ class Models:
 
 
 def setup_models(cfg: Any, dist: Dist, tokenizer: Any, with_reference: bool) -> Models:
-    """Policy (QLoRA's 4-bit base if ``--load-in-4bit``, LoRA as configured) and its reference.
+    """Policy (QLoRA's 4-bit base if ``--load-in-4bit``, any ZeRO stage; LoRA as configured) and
+    its reference.
 
     The reference is the policy with its adapter disabled when only LoRA weights train; otherwise
     a second load of the same weights in the run dtype (never 4-bit), frozen, dropout off, wrapped
@@ -90,7 +96,7 @@ def setup_models(cfg: Any, dist: Dist, tokenizer: Any, with_reference: bool) -> 
     under ``plan.loading()``, so the RNG (hence LoRA's initialisation) does not depend on them.
     """
     plan = dist.plan(cfg.optim, cfg.model.dtype)  # before loading: ZeRO-3 partitions at load
-    check_qlora(cfg.lora, plan.zero_stage)  # QLoRA: LoRA on, adapters only, not ZeRO-3
+    check_qlora(cfg.lora, plan.zero_stage, zero3_ok=True)  # QLoRA: LoRA on
     with plan.loading():
         model = common.load_base_lm(cfg.model, tokenizer, load_in_4bit=cfg.lora.load_in_4bit)
     if cfg.train.disable_dropout:
@@ -116,7 +122,7 @@ def build_engine(cfg: Any, dist: Dist, models: Models, n_train: int) -> tuple[En
     total_steps = common.total_training_steps(o, n_train, dist.world_size)
     optimizer = common.build_optimizer(models.model, o, cfg.lora)
     scheduler = common.build_scheduler(optimizer, o, total_steps)
-    engine = models.plan.wrap(models.model, optimizer, scheduler)
+    engine = models.plan.wrap(models.model, optimizer, scheduler, allow_4bit=True)
     if dist.world_size > 1:
         set_seed(dist.rank_seed(o.seed))
     return engine, total_steps

@@ -53,7 +53,8 @@ Several GPUs (or CPU processes over gloo): the same command under a launcher, pl
 DeepSpeed ZeRO 0-3 (``--zero-stage``, ``--offload``); each rank takes a disjoint slice of every
 global batch of ``per_device_train_batch_size x N`` pairs and the loss is weighted by the pairs of
 the global step, so N ranks x batch B equal one process with batch N x B (tested with 2 processes:
-DDP, ZeRO-2, ZeRO-3 + offload, resumed)::
+DDP, ZeRO-2, ZeRO-3 + offload, resumed; QLoRA at ZeRO-3: the 4-bit backbone is gathered for the
+save, the head ``score`` stays full precision and trainable, ``tests/infra/test_distributed.py``)::
 
     torchrun --nproc_per_node 8 -m simple_rlhf reward --zero-stage 2 --dtype bfloat16 ...
     deepspeed --num_gpus 8 --module simple_rlhf reward --zero-stage 3 --offload all ...
@@ -278,7 +279,7 @@ def run(cfg: RewardConfig) -> dict[str, Any]:
     if not train:
         raise ValueError("no training pairs left after length filtering: raise --max-seq-len")
     plan = dist.plan(o, cfg.model.dtype)  # before loading: ZeRO-3 partitions at load
-    check_qlora(cfg.lora, plan.zero_stage)  # QLoRA: LoRA on, not ZeRO-3
+    check_qlora(cfg.lora, plan.zero_stage, zero3_ok=True)  # QLoRA: LoRA on
     with plan.loading():
         model = load_reward_model(
             cfg.model.model_name_or_path,
@@ -294,7 +295,7 @@ def run(cfg: RewardConfig) -> dict[str, Any]:
     total_steps = common.total_training_steps(o, len(train), dist.world_size)
     optimizer = common.build_optimizer(model, o, cfg.lora)
     scheduler = common.build_scheduler(optimizer, o, total_steps)
-    engine = plan.wrap(model, optimizer, scheduler)  # plain / DDP / DeepSpeed
+    engine = plan.wrap(model, optimizer, scheduler, allow_4bit=True)  # plain / DDP / DeepSpeed
     if dist.world_size > 1:
         set_seed(dist.rank_seed(o.seed))  # dropout differs per rank
     logger = common.start_logger(cfg, dist, total_steps)  # writes on rank 0 only
