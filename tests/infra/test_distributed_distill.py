@@ -324,9 +324,12 @@ def test_zero3_sampling_pads_to_the_largest_slice(monkeypatch):
         return [3.0]
 
     monkeypatch.setattr(distill_dist, "generate", fake_generate)
+    from simple_rlhf.infra.distributed import Dist
+
     dist = types.SimpleNamespace(
         initialized=True, world_size=2, rank=1, all_reduce_sum=all_reduce_sum
     )
+    dist.sampling_seed = lambda seed: Dist.sampling_seed(dist, seed)  # the real rule, rank 1
     tok = types.SimpleNamespace(pad_token_id=0)
     for stage, rows in ((3, 2), (2, 1)):
         calls.clear()

@@ -54,6 +54,7 @@ __all__ = [  # Engine, Plan and the parameter helpers live in infra/engine.py
 ]
 
 T = TypeVar("T")
+SAMPLING_SEED_STRIDE = 1_000_003
 _UNSET: Any = object()
 
 
@@ -133,6 +134,11 @@ class Dist:
     def rank_seed(self, seed: int) -> int:
         """Seed for per-rank randomness (dropout, sampling): ``seed + rank``."""
         return seed + self.rank
+
+    def sampling_seed(self, seed: int) -> int:
+        """Seed of this rank's generation when ``seed`` itself moves by small steps (``base +
+        step``): ``seed + 1_000_003 x rank``, so ranks never reuse another step's seed."""
+        return seed + SAMPLING_SEED_STRIDE * self.rank
 
     # --- data ---
     def _bounds(self, n: int) -> tuple[int, int]:

@@ -355,7 +355,10 @@ def accumulate_distill(
         loss, metrics = distill_loss(model, teacher, r, args, vocab)
         n = int(r.response_mask.sum())
         weighted = loss * (n * world / max(n_tokens, 1))
-        engine.backward(weighted) if engine is not None else weighted.backward()
+        if engine is not None:
+            engine.backward(weighted)
+        else:
+            weighted.backward()
         loss_sum += float(loss.detach()) * n
         tokens += int(r.attention_mask.sum())
         if "distill/topk_mass" in metrics:

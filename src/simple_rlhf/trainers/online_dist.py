@@ -233,7 +233,7 @@ def sample_rollout(
     gen_ctx = s.plan.hf_current if s.plan is not None else contextlib.nullcontext
     with gen_ctx():
         rollout, texts, scores, r_metrics = ol.sample_and_score(
-            s.policy, tokenizer, rows, cfg, s.reward, seed=seed + 1_000_003 * dist.rank,
+            s.policy, tokenizer, rows, cfg, s.reward, seed=dist.sampling_seed(seed),
             timer=timer,
         )  # fmt: skip
     with timer("experience"):

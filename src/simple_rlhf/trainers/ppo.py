@@ -91,7 +91,7 @@ from simple_rlhf.rollout import experience as xp
 from simple_rlhf.trainers import common
 from simple_rlhf.trainers import online as ol
 from simple_rlhf.trainers.online import Learner
-from simple_rlhf.trainers.online_dist import gather_rollout
+from simple_rlhf.trainers.online_dist import gather_rollout, global_entropy
 from simple_rlhf.trainers.ppo_config import (
     BatchPlan,
     PPOBatchArgs,
@@ -375,7 +375,7 @@ def run(cfg: PPOConfig) -> dict[str, Any]:
         with gen_ctx():  # ZeRO-3: generate(synced_gpus) until every rank is done
             rollout, texts, scores, r_metrics = ol.sample_and_score(
                 actor, tokenizer, rows, cfg, reward,
-                seed=o.seed * 100003 + step + 1_000_003 * dist.rank, timer=timer,
+                seed=dist.sampling_seed(o.seed * 100003 + step), timer=timer,
             )  # fmt: skip
         with timer("experience"):
             old_lp, ref_lp, entropy = ol.old_and_reference_logprobs(
@@ -383,9 +383,7 @@ def run(cfg: PPOConfig) -> dict[str, Any]:
             )
             values = rollout_values(critic, rollout, fb, multi)
             if multi:  # statistics of the global batch: gather it on every rank
-                n_tok = float(rollout.response_mask.sum())
-                ent_sum, n_tok = dist.all_reduce_sum([entropy * n_tok, n_tok])
-                entropy = ent_sum / max(n_tok, 1.0)
+                entropy = global_entropy(dist, entropy, rollout)
                 r_metrics = dist.mean_metrics(r_metrics)  # equal shards: the global means
                 rollout, g = gather_rollout(
                     dist, tokenizer.pad_token_id, rollout,

@@ -30,26 +30,28 @@ from simple_rlhf.trainers.online import (
     clip_and_step,
     policy_backward,
 )
+from simple_rlhf.trainers.online_dist import reduce_update_metrics
 from simple_rlhf.trainers.ppo_config import BatchPlan, PPOLossArgs
+
+
+def _ptx_logprobs(actor: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(log p [B, T-1], mask [B, T-1])`` of the labelled tokens of a step-1 batch."""
+    logits = forward(actor, batch["input_ids"], batch["attention_mask"]).logits
+    labels = batch["labels"][:, 1:]  # [B, T-1]: logits[:, t] predicts token t + 1
+    return token_logprobs(logits[:, :-1], labels), labels != IGNORE_INDEX
 
 
 def ptx_loss(actor: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """PPO-ptx: token-mean SFT negative log-likelihood of a step-1 batch (response tokens)."""
-    logits = forward(actor, batch["input_ids"], batch["attention_mask"]).logits
-    labels = batch["labels"][:, 1:]  # [B, T-1]: logits[:, t] predicts token t + 1
-    logprobs = token_logprobs(logits[:, :-1], labels)
-    loss, _ = sft_loss(logprobs, labels != IGNORE_INDEX)
+    loss, _ = sft_loss(*_ptx_logprobs(actor, batch))
     return loss
 
 
 def ptx_nll_sum(actor: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
     """``(sum_{b,t} m_bt (-log p_bt), sum_{b,t} m_bt)`` over the labelled tokens of a step-1
     batch: a rank's share of the token mean over a global (sharded) PPO-ptx batch."""
-    logits = forward(actor, batch["input_ids"], batch["attention_mask"]).logits
-    labels = batch["labels"][:, 1:]  # [B, T-1]
-    mask = labels != IGNORE_INDEX
-    nll = -token_logprobs(logits[:, :-1], labels)
-    return torch.where(mask, nll, torch.zeros_like(nll)).sum(), int(mask.sum())
+    logprobs, mask = _ptx_logprobs(actor, batch)
+    return torch.where(mask, -logprobs, torch.zeros_like(logprobs)).sum(), int(mask.sum())
 
 
 def cycle_ptx(
@@ -291,11 +293,6 @@ def ppo_update(
                 m = critic_minibatch_step(critic, mb, plan.micro_batch, args, **kw)
                 accumulate(totals, m)
             n_steps += 1
-    if world > 1:
-        keys = sorted(totals)
-        sums = dist.all_reduce_sum([totals[k] for k in keys])
-        per_rank = ("grad_norm",)  # the same on every rank (ptx_loss: per-rank shares)
-        totals = {
-            k: v / world if k.endswith(per_rank) else v for k, v in zip(keys, sums, strict=True)
-        }
+    if world > 1:  # per-rank shares added; the gradient norm (global already) averaged
+        totals = reduce_update_metrics(dist, totals)
     return {k: v / max(n_steps, 1) for k, v in totals.items()}

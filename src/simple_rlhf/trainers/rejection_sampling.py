@@ -97,7 +97,7 @@ from simple_rlhf.rollout.rewards import (
     fields_to_columns,
 )
 from simple_rlhf.trainers import common
-from simple_rlhf.trainers.best_of_n import select, write_jsonl
+from simple_rlhf.trainers.best_of_n import select, write_jsonl, write_text_atomic
 
 RewardFn = Callable[..., list[float]]
 
@@ -387,7 +387,7 @@ def run(cfg: RejectionSamplingConfig) -> dict[str, Any]:
                 write_jsonl(rdir / "data.jsonl", sft_rows)
                 if rs.keep_worst:
                     write_jsonl(rdir / "pairs.jsonl", pair_rows)
-                selection.write_text(json.dumps(metrics, indent=2))
+                write_text_atomic(selection, json.dumps(metrics, indent=2))
             dist.barrier()  # no rank reads data.jsonl before rank 0 wrote it
         del policy
         logger.log(metrics, r)
@@ -413,7 +413,7 @@ def run(cfg: RejectionSamplingConfig) -> dict[str, Any]:
                 f"{gold_now[g_key]:.4f}"
             )
         if dist.is_main:
-            done.write_text(json.dumps(record, indent=2))
+            write_text_atomic(done, json.dumps(record, indent=2))
         summary["rounds"].append(record)
 
     # ---- save the final policy beside the rounds (rank 0) ----
