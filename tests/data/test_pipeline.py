@@ -32,7 +32,7 @@ def test_edited_file_is_never_served_stale(tmp_path, tok):
     first, _ = load_encoded(tok, args(tmp_path, data), "sft", 1, "train")
     again, _ = load_encoded(tok, args(tmp_path, data), "sft", 1, "train")
     assert first == again
-    assert len(list((tmp_path / "cache").glob("*.pkl"))) == 1  # second call was a cache hit
+    assert len(list((tmp_path / "cache").glob("*.json"))) == 1  # second call was a cache hit
     write(data, [{"prompt": "Q1", "response": " sky is red."}, {"prompt": "Q2", "response": " a"}])
     edited, _ = load_encoded(tok, args(tmp_path, data), "sft", 1, "train")
     texts = {tok.decode(e["input_ids"]) for e in edited}

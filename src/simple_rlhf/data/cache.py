@@ -2,7 +2,8 @@
 
 The key is a SHA-256 over: the content hash of every data file read (so an edited file is never
 served stale), the tokenizer's full serialisation and chat template, every tokenization setting,
-and ``CACHE_VERSION`` (bumped when the encoding code changes). Entries are written atomically.
+and ``CACHE_VERSION`` (bumped when the encoding code changes). Entries are JSON (nothing in the
+cache can run code when read back) and are written atomically.
 """
 
 from __future__ import annotations
@@ -10,14 +11,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import pickle
 import tempfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
 T = TypeVar("T")
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: JSON entries (1 was pickle)
 
 
 def tokenizer_fingerprint(tokenizer: Any) -> str:
@@ -38,22 +38,29 @@ def cache_key(parts: Mapping[str, Any]) -> str:
     return hashlib.sha256(payload.encode()).hexdigest()[:32]
 
 
-def cached(cache_dir: str | Path | None, parts: Mapping[str, Any], build: Callable[[], T]) -> T:
-    """Return the cached value for ``parts`` or build, store and return it (no cache if dir None)."""
+def cached(
+    cache_dir: str | Path | None,
+    parts: Mapping[str, Any],
+    build: Callable[[], T],
+    *,
+    to_json: Callable[[T], Any] = lambda v: v,
+    from_json: Callable[[Any], T] = lambda v: v,
+) -> T:
+    """Return the cached value for ``parts`` or build, store and return it (no cache if dir None).
+    ``to_json`` / ``from_json`` convert the value to and from JSON-able data."""
     if cache_dir is None:
         return build()
     root = Path(cache_dir)
-    path = root / f"{cache_key(parts)}.pkl"
+    path = root / f"{cache_key(parts)}.json"
     if path.is_file():
         try:
-            with path.open("rb") as f:
-                return pickle.load(f)
+            return from_json(json.loads(path.read_text(encoding="utf-8")))
         except Exception:  # noqa: BLE001 - a corrupt entry is rebuilt
             path.unlink(missing_ok=True)
     value = build()
     root.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=root, prefix=".tmp-")
-    with os.fdopen(fd, "wb") as f:
-        pickle.dump(value, f, protocol=pickle.HIGHEST_PROTOCOL)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        json.dump(to_json(value), f, separators=(",", ":"))
     os.replace(tmp, path)
     return value

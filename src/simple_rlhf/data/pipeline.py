@@ -8,6 +8,7 @@ files' content, the tokenizer and every setting that changes the tokens.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 from typing import Any, Literal
@@ -79,4 +80,10 @@ def load_encoded(
         "train_on_prompt": data_args.train_on_prompt,
         "spec": repr(spec),
     }
-    return cached(data_cache_dir(data_args), parts, build)
+    return cached(
+        data_cache_dir(data_args),
+        parts,
+        build,
+        to_json=lambda v: {"examples": v[0], "stats": dataclasses.asdict(v[1])},
+        from_json=lambda d: (d["examples"], tk.EncodeStats(**d["stats"])),
+    )

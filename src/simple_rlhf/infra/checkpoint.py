@@ -10,6 +10,13 @@ removed only after the new one is in place).
 * :func:`save_checkpoint` / :func:`load_latest_checkpoint` — model(s), optimiser(s), scheduler(s),
   RNG states, data position and step, under ``<output_dir>/checkpoints/step-N``; the last
   ``keep`` are kept.
+
+Checkpoints hold tensors and plain data only: weights in safetensors, trainer state in JSON, and
+optimiser / scheduler / RNG states in ``trainer.pt``, read back with :func:`safe_torch_load`
+(torch's ``weights_only`` unpickler, which builds tensors, numbers, strings and containers and
+nothing else). A checkpoint sits in a model folder that people share, and resume is on by
+default: a file that would need any other Python object to load is refused with
+:class:`CheckpointError`, never run.
 """
 
 from __future__ import annotations
@@ -18,11 +25,41 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 CHECKPOINTS = "checkpoints"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be resumed from (the message names the file and what to do)."""
+
+
+def safe_torch_load(path: str | Path, *, allowed: Sequence[Any] = (), map_location: Any = "cpu"):
+    """``torch.load`` with ``weights_only=True`` (tensors and plain data only); ``allowed`` are
+    extra classes the file may hold (DeepSpeed's loss-scaler and stage records). Anything else
+    raises :class:`CheckpointError` naming the file and the objects it asked for."""
+    import pickle
+
+    import torch
+
+    try:
+        with torch.serialization.safe_globals(list(allowed)):
+            return torch.load(path, map_location=map_location, weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, AttributeError, TypeError) as e:
+        try:
+            found = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+        except Exception:  # noqa: BLE001 - not even a torch file
+            found = []
+        what = f" ({', '.join(found)})" if found else f" ({type(e).__name__}: {e})"
+        raise CheckpointError(
+            f"{path}: refusing to resume from this checkpoint: it holds Python objects other "
+            f"than tensors and plain data{what}, which loading would have to run. simple-rlhf "
+            "never writes such files (an older version or another program may have). Resume "
+            "from a checkpoint you trust, or start afresh with another --output-dir or "
+            "--no-resume."
+        ) from None
 
 
 def atomic_dir(target: str | Path, write: Callable[[Path], None]) -> Path:
@@ -241,7 +278,6 @@ def load_checkpoint(
     schedulers: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Restore what :func:`save_checkpoint` wrote into live objects; returns the trainer state."""
-    import torch
     from safetensors.torch import load_file
 
     from simple_rlhf.infra.seed import set_rng_state
@@ -249,7 +285,7 @@ def load_checkpoint(
     path = Path(path)
     for name, m in models.items():
         _load_model_state(m, load_file(str(path / f"{name}.safetensors")))
-    blob = torch.load(path / "trainer.pt", weights_only=False)
+    blob = safe_torch_load(path / "trainer.pt")
     for k, o in (optimizers or {}).items():
         o.load_state_dict(blob["optimizers"][k])
     for k, s in (schedulers or {}).items():

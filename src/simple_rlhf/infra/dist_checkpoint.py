@@ -10,9 +10,10 @@ the optimiser states are sharded: each DeepSpeed engine writes its shards throug
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,44 @@ from simple_rlhf.infra import checkpoint as ck
 from simple_rlhf.infra.distributed import is_4bit_param
 
 KEEP = 2
+# The classes besides tensors and plain data that DeepSpeed's own checkpoint files hold (its ZeRO
+# optimiser state records the loss scaler, the stage and fragment addresses).
+DEEPSPEED_CLASSES = (
+    "deepspeed.runtime.fp16.loss_scaler.LossScaler",
+    "deepspeed.runtime.fp16.loss_scaler.DynamicLossScaler",
+    "deepspeed.runtime.zero.config.ZeroStageEnum",
+    "deepspeed.utils.tensor_fragment.fragment_address",
+)
+
+
+@contextlib.contextmanager
+def safe_deepspeed_loads(engine: Any) -> Iterator[None]:
+    """Within the block, ``engine``'s checkpoint reads (DeepSpeed's own ``torch.load`` with
+    ``weights_only=False``) go through :func:`~simple_rlhf.infra.checkpoint.safe_torch_load`,
+    allowing only :data:`DEEPSPEED_CLASSES` beyond tensors and plain data."""
+    allowed = [_resolve(name) for name in DEEPSPEED_CLASSES]
+    allowed = [c for c in allowed if c is not None]
+    ce = engine.checkpoint_engine
+
+    def load(path: str, map_location: Any = None) -> Any:
+        return ck.safe_torch_load(path, allowed=allowed, map_location=map_location)
+
+    ce.load = load  # an instance attribute shadows the class's method
+    try:
+        yield
+    finally:
+        del ce.load
+
+
+def _resolve(dotted: str) -> Any:
+    """The class named ``dotted``, or None when this DeepSpeed version has no such class."""
+    import importlib
+
+    module, _, attr = dotted.rpartition(".")
+    try:
+        return getattr(importlib.import_module(module), attr)
+    except (ImportError, AttributeError):
+        return None
 
 
 def save_checkpoint(
@@ -78,8 +117,6 @@ def load_checkpoint(path: str | Path, engines: Mapping[str, Any]) -> dict[str, A
             optimizers={k: e.optimizer for k, e in engines.items()},
             schedulers={k: e.scheduler for k, e in engines.items()},
         )
-    import torch
-
     from simple_rlhf.infra.seed import set_rng_state
 
     for name, e in engines.items():
@@ -87,11 +124,12 @@ def load_checkpoint(path: str | Path, engines: Mapping[str, Any]) -> dict[str, A
             # a 4-bit (QLoRA) base keeps quantisation state tensors the checkpoint does not hold
             # (the base is rebuilt exactly at load); everything trainable is still restored
             quantized = any(is_4bit_param(p) for p in e.module.parameters())
-            e.model.load_checkpoint(str(path), tag=name, load_module_strict=not quantized)
+            with safe_deepspeed_loads(e.model):
+                e.model.load_checkpoint(str(path), tag=name, load_module_strict=not quantized)
         else:
-            blob = torch.load(path / f"{name}.pt", weights_only=False)
+            blob = ck.safe_torch_load(path / f"{name}.pt")
             e.module.load_state_dict(blob["model"])
             e.optimizer.load_state_dict(blob["optimizer"])
             e.scheduler.load_state_dict(blob["scheduler"])
-    set_rng_state(torch.load(path / "rng.pt", weights_only=False)["rng"])
+    set_rng_state(ck.safe_torch_load(path / "rng.pt")["rng"])
     return json.loads((path / "state.json").read_text())
