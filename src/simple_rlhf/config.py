@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from collections.abc import Callable, Iterator, Mapping
@@ -146,7 +147,10 @@ def coerce(value: Any, tp: Any, name: str) -> Any:
         if inner is float:
             if isinstance(value, bool):
                 raise ConfigError(f"{name}: expected a number, got {value!r}")
-            return float(value)
+            number = float(value)
+            if not math.isfinite(number):  # nan / inf: never a meaningful setting
+                raise ConfigError(f"{name}: expected a finite number, got {value!r}")
+            return number
         if inner is str:
             return str(value)
     except (TypeError, ValueError) as e:

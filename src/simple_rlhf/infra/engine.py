@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -15,6 +16,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import torch
 
 from simple_rlhf.infra import zero
+from simple_rlhf.infra.guard import NonFiniteGuard
 
 if TYPE_CHECKING:
     from simple_rlhf.infra.distributed import Dist
@@ -25,6 +27,36 @@ T = TypeVar("T")
 def is_4bit_param(p: torch.Tensor) -> bool:
     """A bitsandbytes 4-bit (QLoRA) weight: two values packed per byte, shape in its quant_state."""
     return type(p).__name__ == "Params4bit" and getattr(p, "quant_state", None) is not None
+
+
+def grad_norm(model: torch.nn.Module, max_norm: float) -> float:
+    """The global norm of the gradients of ``model`` (before clipping), clipped to ``max_norm``
+    in place when > 0."""
+    params = [p for p in model.parameters() if p.grad is not None]
+    if not params:
+        return 0.0
+    if max_norm and max_norm > 0:
+        return float(torch.nn.utils.clip_grad_norm_(params, max_norm))
+    return float(torch.norm(torch.stack([p.grad.detach().norm() for p in params])))
+
+
+def guarded_step(
+    model: torch.nn.Module, optimizer: Any, scheduler: Any, max_norm: float, guard: NonFiniteGuard
+) -> float:
+    """One optimiser step of a plain (or DDP, gradients already averaged) model: measure and clip
+    the gradient norm, step the optimiser unless the norm is NaN/inf (``guard``), step the schedule
+    (``None``: the caller does), clear the gradients; returns the norm before clipping."""
+    norm = grad_norm(model, max_norm)
+    stepped = guard.allow(norm)
+    if stepped:
+        optimizer.step()
+    if scheduler is not None:
+        with warnings.catch_warnings():  # torch warns of a schedule step without an optimiser step
+            if not stepped:
+                warnings.simplefilter("ignore", UserWarning)
+            scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    return norm
 
 
 def count_parameters(model: torch.nn.Module) -> tuple[int, int]:
@@ -162,6 +194,7 @@ class Engine:
         self.kind = kind  # "plain" | "ddp" | "ds"
         self.zero_stage = plan.zero_stage
         self.max_grad_norm = float(plan.optim.max_grad_norm or 0.0)
+        self.guard = NonFiniteGuard()  # no update on a NaN/inf gradient; stops a diverged run
         self._accumulating = False
 
     # --- training ---
@@ -195,22 +228,17 @@ class Engine:
 
     def step(self) -> float:
         """Clip (``max_grad_norm``), optimiser step, schedule step, zero grads; returns the global
-        gradient norm before clipping."""
+        gradient norm before clipping. A non-finite norm skips the optimiser step
+        (:class:`~simple_rlhf.infra.guard.NonFiniteGuard`; DeepSpeed ZeRO skips it itself)."""
         if self.kind == "ds":
             self.model.step()
             norm = self.model.get_global_grad_norm()
-            return float(norm) if norm is not None else float("nan")
-        params = [p for p in self.module.parameters() if p.grad is not None]
-        if not params:
-            norm = 0.0
-        elif self.max_grad_norm > 0:
-            norm = float(torch.nn.utils.clip_grad_norm_(params, self.max_grad_norm))
-        else:
-            norm = float(torch.norm(torch.stack([p.grad.detach().norm() for p in params])))
-        self.optimizer.step()
-        self.scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        return norm
+            norm = float(norm) if norm is not None else 0.0
+            self.guard.allow(norm)
+            return norm
+        return guarded_step(
+            self.module, self.optimizer, self.scheduler, self.max_grad_norm, self.guard
+        )
 
     @property
     def lr(self) -> float:

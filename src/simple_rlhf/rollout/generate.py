@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from simple_rlhf.config import ConfigError, fld
+from simple_rlhf.infra.guard import check_finite_logits
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -155,6 +156,16 @@ NEUTRAL_GENERATION: dict[str, Any] = {
 }
 
 
+class _FiniteLogits:
+    """A logits processor that only checks: NaN / +inf next-token scores (a diverged policy) stop
+    generation with :class:`~simple_rlhf.infra.guard.NonFiniteError` instead of an obscure error
+    from ``torch.multinomial`` (``-inf`` is a legitimate mask and passes)."""
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        check_finite_logits(scores, "generation")
+        return scores
+
+
 @torch.no_grad()
 def generate(
     model: Any,
@@ -166,6 +177,8 @@ def generate(
     streamer: Any = None,
 ) -> Rollout:
     """Sample one response per prompt (repeat prompts for several). Deterministic given ``seed``."""
+    from transformers import LogitsProcessorList
+
     if len(prompts) == 0:
         raise ValueError("generate() needs at least one prompt")
     pad_id = tokenizer.pad_token_id
@@ -182,6 +195,7 @@ def generate(
         "pad_token_id": pad_id,
         "eos_token_id": eos,
         "use_cache": True,
+        "logits_processor": LogitsProcessorList([_FiniteLogits()]),
     }
     if not greedy:
         kwargs.update(temperature=sampling.temperature, top_p=sampling.top_p, top_k=sampling.top_k)

@@ -91,15 +91,6 @@ def steps_per_epoch(
     return math.ceil(micro / accumulation)
 
 
-def grad_norm(model: torch.nn.Module, max_norm: float) -> float:
-    params = [p for p in model.parameters() if p.grad is not None]
-    if not params:
-        return 0.0
-    if max_norm and max_norm > 0:
-        return float(torch.nn.utils.clip_grad_norm_(params, max_norm))
-    return float(torch.norm(torch.stack([p.grad.detach().norm() for p in params])))
-
-
 def save_run_config(output_dir: str | Path, cfg: Any, name: str = "run_config.yaml") -> None:
     import yaml
 
@@ -206,79 +197,6 @@ def load_frozen_lm(name_or_path: str, tokenizer: Any, model_args: Any) -> Any:
     )
     disable_dropout(model)
     return model.eval().requires_grad_(False)
-
-
-@dataclasses.dataclass
-class Training:
-    """What :func:`start_training` builds for a single-process loop."""
-
-    optimizer: torch.optim.Optimizer
-    scheduler: Any
-    total_steps: int
-    logger: Any  # infra.logging.MetricsLogger
-
-
-def start_training(cfg: Any, model: torch.nn.Module, n_examples: int) -> Training:
-    """Optimiser, schedule, step count (``max_steps`` or epochs x steps per epoch), metrics logger
-    and the saved run config, from a stage config with ``optim``/``lora``/``log`` sections."""
-    from simple_rlhf.infra.logging import MetricsLogger
-
-    o, log = cfg.optim, cfg.log
-    per_epoch = steps_per_epoch(
-        n_examples, o.per_device_train_batch_size, o.gradient_accumulation_steps
-    )
-    total = o.max_steps or per_epoch * o.num_train_epochs
-    optimizer = build_optimizer(model, o, getattr(cfg, "lora", None))
-    scheduler = build_scheduler(optimizer, o, total)
-    logger = MetricsLogger(
-        log.output_dir, log.report_to, total_steps=total, progress_bar=log.progress_bar
-    )
-    save_run_config(log.output_dir, cfg)
-    return Training(optimizer, scheduler, total, logger)
-
-
-def resume_training(cfg: Any, model: Any, training: Training) -> dict[str, Any]:
-    """With ``--resume`` and a checkpoint in the output folder: restore model, optimiser,
-    schedule and RNG, and return the saved state (``step``, what the trainer stored, and
-    ``checkpoint``: its path); otherwise ``{}``."""
-    from simple_rlhf.infra.checkpoint import latest_checkpoint, load_checkpoint
-
-    ckpt = latest_checkpoint(cfg.log.output_dir) if cfg.log.resume else None
-    if ckpt is None:
-        return {}
-    state = load_checkpoint(
-        ckpt,
-        models={"model": model},
-        optimizers={"opt": training.optimizer},
-        schedulers={"lr": training.scheduler},
-    )
-    return {**state, "checkpoint": str(ckpt)}
-
-
-def save_training(
-    cfg: Any, step: int, model: Any, training: Training, state: dict[str, Any]
-) -> None:
-    """A resumable checkpoint that :func:`resume_training` reads back."""
-    from simple_rlhf.infra.checkpoint import save_checkpoint
-
-    save_checkpoint(
-        cfg.log.output_dir,
-        step,
-        models={"model": model},
-        optimizers={"opt": training.optimizer},
-        schedulers={"lr": training.scheduler},
-        state=state,
-    )
-
-
-def optimizer_step(model: torch.nn.Module, training: Training, max_grad_norm: float) -> float:
-    """Clip (and measure) the gradient norm, step the optimiser and schedule, clear gradients;
-    returns the pre-clipping norm."""
-    norm = grad_norm(model, max_grad_norm)
-    training.optimizer.step()
-    training.scheduler.step()
-    training.optimizer.zero_grad(set_to_none=True)
-    return norm
 
 
 def log_eval(

@@ -81,6 +81,8 @@ import torch
 
 from simple_rlhf.config import ConfigError, DataArgs, LogArgs, LoraArgs, OptimArgs, fld, section
 from simple_rlhf.infra.distributed import count_parameters, init_distributed
+from simple_rlhf.infra.engine import guarded_step
+from simple_rlhf.infra.guard import NonFiniteGuard
 from simple_rlhf.infra.seed import set_seed
 from simple_rlhf.losses.advantages import ADVANTAGE_ESTIMATORS, group_all_equal
 from simple_rlhf.losses.kl import KL_ESTIMATORS
@@ -312,6 +314,7 @@ def minibatch_step(
     temperature: float,
     agg_constant: float | None,
     max_grad_norm: float,
+    guard: NonFiniteGuard | None = None,
 ) -> dict[str, float]:
     """One optimiser step over ``mb`` accumulated over micro-batches of ``micro_size`` rows.
 
@@ -321,9 +324,8 @@ def minibatch_step(
     """
     spec = loss_spec(rl, agg_constant)
     acc = policy_backward(model, mb, micro_size, spec, temperature=temperature)
-    acc["policy/grad_norm"] = common.grad_norm(model, max_grad_norm)
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
+    guard = guard if guard is not None else NonFiniteGuard("policy")
+    acc["policy/grad_norm"] = guarded_step(model, optimizer, None, max_grad_norm, guard)
     return acc
 
 
@@ -364,7 +366,7 @@ def update(
                 m = minibatch_step(
                     learner.model, learner.optimizer, exp.index(idx), o.per_device_train_batch_size,
                     cfg.rl, temperature=temperature, agg_constant=constant,
-                    max_grad_norm=o.max_grad_norm,
+                    max_grad_norm=o.max_grad_norm, guard=learner.guard,
                 )  # fmt: skip
                 learner.scheduler.step()
             ol.accumulate(totals, m)

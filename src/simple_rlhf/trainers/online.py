@@ -25,6 +25,8 @@ import torch
 from simple_rlhf.config import ConfigError, fld
 from simple_rlhf.data.pipeline import load_encoded
 from simple_rlhf.infra.checkpoint import latest_checkpoint, load_checkpoint
+from simple_rlhf.infra.engine import guarded_step
+from simple_rlhf.infra.guard import NonFiniteGuard
 from simple_rlhf.infra.logging import MetricsLogger, format_metrics
 from simple_rlhf.losses.kl import kl_penalty
 from simple_rlhf.losses.ppo import policy_loss
@@ -266,6 +268,8 @@ class Learner:
     scheduler: Any
     max_grad_norm: float
     engine: Any = None
+    # no update on a NaN/inf gradient, a diverged run stops (with an engine: the engine's guard)
+    guard: NonFiniteGuard = dataclasses.field(default_factory=NonFiniteGuard)
 
     def accumulate(self, micro_batches: Sequence[Any]) -> Iterator[Any]:
         """The micro-batches of one optimiser step (DDP no_sync / DeepSpeed boundaries)."""
@@ -285,12 +289,11 @@ class Learner:
 
 
 def clip_and_step(learner: Learner) -> float:
-    """Clip the gradient norm, step the optimiser and the schedule, zero the grads; the norm."""
-    norm = common.grad_norm(learner.model, learner.max_grad_norm)
-    learner.optimizer.step()
-    learner.scheduler.step()
-    learner.optimizer.zero_grad(set_to_none=True)
-    return norm
+    """Clip the gradient norm, step the optimiser (unless the norm is NaN/inf) and the schedule,
+    zero the grads; the norm."""
+    return guarded_step(
+        learner.model, learner.optimizer, learner.scheduler, learner.max_grad_norm, learner.guard
+    )
 
 
 def accumulate(acc: dict[str, float], metrics: Mapping[str, Any], weight: float = 1.0) -> None:
