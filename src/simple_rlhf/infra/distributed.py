@@ -64,6 +64,22 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _single_process_store() -> str:
+    """A ``file://`` rendezvous for a one-rank group (DeepSpeed in one process): a TCP store would
+    listen on every interface. Gloo's own sockets are kept on the loopback interface."""
+    import atexit
+    import tempfile
+
+    fd, path = tempfile.mkstemp(prefix="simple-rlhf-pg-")
+    os.close(fd)
+    os.unlink(path)  # the store creates it; removed again at exit
+    atexit.register(lambda: os.path.exists(path) and os.unlink(path))
+    loopback = [name for _, name in socket.if_nameindex() if name in ("lo", "lo0")]
+    if loopback:
+        os.environ.setdefault("GLOO_SOCKET_IFNAME", loopback[0])
+    return f"file://{path}"
+
+
 def _launcher_ranks(local_rank_flag: int) -> tuple[int, int, int] | None:
     """(rank, world size, local rank) set by torchrun / the deepspeed launcher, else None."""
     if "WORLD_SIZE" not in os.environ and local_rank_flag < 0:
@@ -236,12 +252,15 @@ def init_distributed(args: Any = None, *, deepspeed: bool = False) -> Dist:
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
     if (ranks is None or ranks[1] == 1) and not use_ds:
         return Dist(args, device=torch.device("cuda" if torch.cuda.is_available() else "cpu"))
+    init_method = None
     if ranks is None:  # DeepSpeed in a single process: a one-rank group of our own
         ranks = (0, 1, 0)
         for key, value in (("RANK", 0), ("WORLD_SIZE", 1), ("LOCAL_RANK", 0)):
             os.environ.setdefault(key, str(value))
+        # DeepSpeed reads these, but the group meets through a file: no port is opened
         os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
         os.environ.setdefault("MASTER_PORT", str(_free_port()))
+        init_method = _single_process_store()
     rank, world, local = ranks
     os.environ.setdefault("LOCAL_RANK", str(local))
     cuda = torch.cuda.is_available()
@@ -250,7 +269,12 @@ def init_distributed(args: Any = None, *, deepspeed: bool = False) -> Dist:
     device = torch.device("cuda", local) if cuda else torch.device("cpu")
     backend = args.dist_backend or ("nccl" if cuda else "gloo")
     if not torch.distributed.is_initialized():
-        torch.distributed.init_process_group(backend=backend)
+        if init_method is not None:
+            torch.distributed.init_process_group(
+                backend=backend, init_method=init_method, rank=0, world_size=1
+            )
+        else:
+            torch.distributed.init_process_group(backend=backend)
         _leave_together_at_exit()
     if use_ds:
         import warnings
