@@ -23,6 +23,8 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
+from simple_rlhf.config_ranges import ANY, Range, range_of
+
 T = TypeVar("T")
 
 
@@ -59,6 +61,13 @@ class FlatField:
     type: Any
     default: Any
     help: str
+    owner: str = ""  # the config class that declares it
+
+    @property
+    def range(self) -> Range | None:
+        """Its valid range when numeric (``config_ranges.RANGES``)."""
+        inner, _ = _unwrap_optional(self.type)
+        return range_of(self.owner, self.name) if inner in (int, float) else None
 
 
 def _hints(cls: type) -> dict[str, Any]:
@@ -98,7 +107,8 @@ def flat_fields(
             default = f.default_factory()
         else:
             default = None
-        yield FlatField(prefix + (f.name,), f.name, tp, default, f.metadata.get("help", ""))
+        help_text = f.metadata.get("help", "")
+        yield FlatField(prefix + (f.name,), f.name, tp, default, help_text, cls.__name__)
 
 
 def _unwrap_optional(tp: Any) -> tuple[Any, bool]:
@@ -204,7 +214,11 @@ def build(cls: type[T], values: Mapping[str, Any] | None = None, source: str = "
             if _is_section(f, tp):
                 kwargs[f.name] = make(tp, prefix + (f.name,), _section_default(f))
             elif f.name in values:
-                kwargs[f.name] = coerce(values[f.name], tp, f.name)
+                kwargs[f.name] = value = coerce(values[f.name], tp, f.name)
+                inner, _ = _unwrap_optional(tp)
+                limits = range_of(c.__name__, f.name) if inner in (int, float) else None
+                if limits is not None and value is not None and not limits.contains(value):
+                    raise ConfigError(f"{f.name}: must be {limits.describe()}, got {value!r}")
         if base is not None:
             return dataclasses.replace(base, **kwargs)
         return c(**kwargs)
@@ -285,7 +299,9 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
         if "_" in f.name:
             flags.append("--" + f.name)
         inner, _ = _unwrap_optional(f.type)
-        help_text = f"{f.help} (default: {f.default!r})".replace("%", "%%")
+        limits = f.range
+        valid = f"; {limits.describe()}" if limits is not None and limits != ANY else ""
+        help_text = f"{f.help} (default: {f.default!r}{valid})".replace("%", "%%")
         if inner is bool:
             g.add_argument(
                 *flags,
@@ -486,10 +502,38 @@ class LogArgs:
         0, "write a resumable checkpoint every N optimiser steps (0: only at end)"
     )
     resume: bool = fld(True, "resume from the latest checkpoint in output_dir if there is one")
+    resume_with_changes: bool = fld(
+        False,
+        "resume even when options that change the training (learning rate, batch size, data, "
+        "model, ...) differ from those of the run that wrote the checkpoint (else: stop, listing "
+        "them)",
+    )
     progress_bar: bool = fld(True, "show a progress bar (off in CI logs)")
+
+    def __post_init__(self) -> None:
+        from simple_rlhf.infra.logging import SINKS
+
+        unknown = [s for s in self.report_to if s not in SINKS]
+        if unknown:
+            raise ConfigError(f"report_to: {unknown[0]!r} is not one of {', '.join(SINKS)}")
+        out = Path(self.output_dir)
+        blocker = next((p for p in (out, *out.parents) if p.exists()), None)
+        if blocker is not None and not blocker.is_dir():
+            raise ConfigError(f"output_dir: {str(blocker)!r} is a file, not a folder")
 
 
 OFFLOADS = ("none", "optimizer", "param", "all")
+
+
+def require_deepspeed(option: str) -> None:
+    """A :class:`ConfigError` naming ``option`` when DeepSpeed is not installed."""
+    import importlib.util
+
+    if importlib.util.find_spec("deepspeed") is None:
+        raise ConfigError(
+            f"{option}: needs DeepSpeed, which is not installed here: pip install 'deepspeed<1' "
+            "(or: bash scripts/setup.sh --dev)"
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -521,6 +565,8 @@ class DistArgs:
     def __post_init__(self) -> None:
         if self.zero_stage is not None and self.zero_stage not in (0, 1, 2, 3):
             raise ConfigError(f"zero_stage: must be 0, 1, 2 or 3, got {self.zero_stage}")
+        if self.zero_stage is not None or self.deepspeed_config is not None:
+            require_deepspeed("zero_stage" if self.zero_stage is not None else "deepspeed_config")
         if self.offload not in OFFLOADS:
             raise ConfigError(f"offload: {self.offload!r} is not one of {', '.join(OFFLOADS)}")
         if self.offload != "none" and self.zero_stage is None and self.deepspeed_config is None:

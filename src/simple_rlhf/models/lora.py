@@ -56,11 +56,26 @@ def apply_lora(model: Any, lora: Any, *, task_type: str = "CAUSAL_LM", extra_tra
         # freezes the base, keeps non-quantised weights (norms, embeddings, head) in fp32; the
         # gradient-checkpointing part is left to load_causal_lm (non-reentrant, no input hooks)
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    from torch import nn
+
+    targets = target_modules(lora.lora_module_name)
+    if isinstance(targets, list):  # names: check them here, peft's own error is a traceback
+        linear = sorted(
+            {n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, nn.Linear)}
+        )
+        missing = [
+            t for t in targets if not any(n.split(".")[-1] == t for n, _ in model.named_modules())
+        ]
+        if missing or not targets:
+            raise ConfigError(
+                f"lora_module_name: no module named {', '.join(missing) or repr('')} in this "
+                f"model; its linear layers are: {', '.join(linear)} (or use 'all-linear')"
+            )
     config = LoraConfig(
         r=lora.lora_dim,
         lora_alpha=lora.lora_alpha,
         lora_dropout=lora.lora_dropout,
-        target_modules=target_modules(lora.lora_module_name),
+        target_modules=targets,
         task_type=task_type,
         modules_to_save=list(extra_trainable) or None,
     )

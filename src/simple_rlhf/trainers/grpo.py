@@ -158,7 +158,9 @@ class GroupBatchArgs:
     num_generations: int = fld(8, "K: responses sampled per prompt (a group)")
     num_iterations: int = fld(1, "mu: passes over each rollout buffer (importance ratios vs old)")
     num_rollouts: int | None = fld(
-        30, "rollouts to run (None: max_steps rollouts, else num_train_epochs over the prompts)"
+        30,
+        "rollouts to run, at most max_steps if that is set (None: max_steps rollouts, else "
+        "num_train_epochs over the prompts)",
     )
     forward_batch_size: int = fld(32, "rows per no-grad forward (old/reference logprobs)")
 
@@ -271,10 +273,11 @@ def validate(cfg: Any) -> None:
 
 
 def num_rollouts(cfg: Any, n_prompts: int) -> int:
-    """Precedence: ``num_rollouts`` > ``max_steps`` (= rollouts) > ``num_train_epochs``."""
+    """``num_rollouts``, capped by ``max_steps`` (counted in rollouts) when that is set; with
+    ``num_rollouts`` None: ``max_steps``, else ``num_train_epochs`` over the prompts."""
     b, o = cfg.batch, cfg.optim
     if b.num_rollouts is not None:
-        return b.num_rollouts
+        return min(b.num_rollouts, o.max_steps or b.num_rollouts)
     if o.max_steps is not None:
         return o.max_steps
     return math.ceil(o.num_train_epochs * n_prompts / b.prompts_per_rollout)

@@ -85,7 +85,9 @@ class PPOBatchArgs:
     responses_per_prompt: int = fld(1, "responses sampled per prompt")
     ppo_epochs: int = fld(2, "passes over each rollout buffer, reshuffled each pass")
     num_rollouts: int | None = fld(
-        60, "rollout iterations to run (None: max_steps, else num_train_epochs over the prompts)"
+        60,
+        "rollout iterations to run, no more than max_steps optimiser steps need (None: as many "
+        "as max_steps needs, else num_train_epochs over the prompts)",
     )
     forward_batch_size: int = fld(32, "rows per no-grad forward (logprobs, values of a rollout)")
 
@@ -216,8 +218,6 @@ def validate(cfg: PPOConfig) -> None:
     for name in ("prompts_per_rollout", "responses_per_prompt", "ppo_epochs", "forward_batch_size"):
         if getattr(b, name) < 1:
             raise ConfigError(f"{name}: must be >= 1")
-    if b.num_rollouts is not None and b.num_rollouts < 0:
-        raise ConfigError("num_rollouts: must be >= 0")
     if p.kl_estimator not in KL_ESTIMATORS:
         raise ConfigError(
             f"kl_estimator: {p.kl_estimator!r} is not one of {', '.join(KL_ESTIMATORS)}"
@@ -287,7 +287,9 @@ class BatchPlan:
 
 
 def batch_plan(cfg: PPOConfig, n_prompts: int, world_size: int = 1) -> BatchPlan:
-    """Rollout count precedence: ``num_rollouts`` > ``max_steps`` > ``num_train_epochs``.
+    """Rollouts: ``num_rollouts``, capped by the rollouts that ``max_steps`` optimiser steps
+    need when that is set; with ``num_rollouts`` None: those, else ``num_train_epochs`` over
+    the prompts.
 
     With ``world_size`` N processes the rollout batch stays global (each rank samples its
     ``1/N``) and a minibatch is ``per_device_train_batch_size x gradient_accumulation_steps x N``
@@ -303,10 +305,11 @@ def batch_plan(cfg: PPOConfig, n_prompts: int, world_size: int = 1) -> BatchPlan
             f"processes = {mini})"
         )
     per_rollout = b.ppo_epochs * rollout // mini
-    if b.num_rollouts is not None:
-        n = b.num_rollouts
-    elif o.max_steps is not None:
+    if o.max_steps is not None:
         n = math.ceil(o.max_steps / per_rollout)
+        n = n if b.num_rollouts is None else min(n, b.num_rollouts)
+    elif b.num_rollouts is not None:
+        n = b.num_rollouts
     else:
         n = math.ceil(o.num_train_epochs * n_prompts / b.prompts_per_rollout)
     return BatchPlan(
