@@ -28,6 +28,7 @@ SHORT = [
 
 def train(out: Path, *extra: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+    env["SIMPLE_RLHF_RUN_TIMEOUT_S"] = "540"  # a hung step prints its stacks and exits
     return subprocess.run(
         [sys.executable, "-m", "simple_rlhf", "train", "--output-dir", str(out), *extra],
         capture_output=True,

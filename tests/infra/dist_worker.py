@@ -32,7 +32,6 @@ def torchrun(script: str | Path, spec: Path, log: Path, nproc: int = 2) -> None:
     """Run ``script SPEC`` on ``nproc`` CPU ranks under torchrun (DeepSpeed on its CPU accelerator,
     one thread per rank, DeepSpeed's compiled ops kept between runs); fail with the log's tail."""
     import os
-    import subprocess
 
     env = dict(os.environ)
     env.update(
@@ -42,15 +41,22 @@ def torchrun(script: str | Path, spec: Path, log: Path, nproc: int = 2) -> None:
         or str(Path.home() / ".cache" / "torch_extensions"),
     )
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node"]
+    run_logged([*cmd, str(nproc), str(script), str(spec)], env, log, "torchrun")
+
+
+def run_logged(cmd: list[str], env: dict, log: Path, what: str, timeout: float = 900) -> None:
+    """Run ``cmd`` with its output in ``log``; fail with the log's tail. Each rank prints its
+    stacks and exits 60 s before ``timeout`` (``SIMPLE_RLHF_RUN_TIMEOUT_S``): a hang fails
+    with where every rank waited, never eats CI's time."""
+    import subprocess
+
+    env = {**env, "SIMPLE_RLHF_RUN_TIMEOUT_S": str(timeout - 60)}
     with log.open("w") as f:
-        proc = subprocess.run(
-            [*cmd, str(nproc), str(script), str(spec)],
-            env=env,
-            stdout=f,
-            stderr=subprocess.STDOUT,
-            timeout=900,
-        )
-    assert proc.returncode == 0, "torchrun failed:\n" + log.read_text()[-6000:]
+        try:
+            proc = subprocess.run(cmd, env=env, stdout=f, stderr=subprocess.STDOUT, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"{what} timed out:\n" + log.read_text()[-12000:]) from None
+    assert proc.returncode == 0, f"{what} failed:\n" + log.read_text()[-6000:]
 
 
 def _recording_save_hf(self: Engine, tokenizer, out_dir, **kwargs):

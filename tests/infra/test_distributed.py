@@ -23,6 +23,7 @@ Tolerances (measured on this machine in brackets):
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import socket
@@ -49,6 +50,7 @@ COMMON = {
     "max_steps": 3,
     "logging_steps": 1,
     "warmup_ratio": 0.0,
+    "adam_epsilon": 1e-6,  # bounds how far rounding noise in a ~0 gradient moves a weight
     "max_eval_samples": 8,
 }
 PER_RANK = {**COMMON, "per_device_train_batch_size": 4}
@@ -109,17 +111,16 @@ def _launch(cmd_prefix: list[str], out: Path, runs: list, tag: str, frozen=()) -
         TORCH_EXTENSIONS_DIR=env.get("TORCH_EXTENSIONS_DIR")
         or str(Path.home() / ".cache" / "torch_extensions"),
     )
-    log = out / f"{tag}.log"
-    with log.open("w") as f:
-        proc = subprocess.run(
-            [*cmd_prefix, str(WORKER), str(spec)],
-            env=env,
-            stdout=f,
-            stderr=subprocess.STDOUT,
-            timeout=900,
-        )
-    assert proc.returncode == 0, f"{tag} failed:\n" + log.read_text()[-6000:]
+    _worker().run_logged([*cmd_prefix, str(WORKER), str(spec)], env, out / f"{tag}.log", tag)
     return out
+
+
+def _worker():
+    """``dist_worker.py`` loaded by path (the suite imports with importlib mode)."""
+    found = importlib.util.spec_from_file_location("_sft_dist_worker", WORKER)
+    worker = importlib.util.module_from_spec(found)
+    found.loader.exec_module(worker)
+    return worker
 
 
 @pytest.fixture(scope="module")
@@ -338,7 +339,6 @@ def qlora_worker(spec_path: str) -> None:
 def qlora_runs(tmp_path_factory, tiny_base) -> Path:
     """One-process QLoRA references (global batch 8, no DeepSpeed) and the 2-rank ZeRO-3 runs
     (4 per rank) of every trainer in one torchrun launch."""
-    import importlib.util
 
     import deepspeed  # noqa: F401 - CI must have it: fail here rather than skip
 
@@ -353,10 +353,7 @@ def qlora_runs(tmp_path_factory, tiny_base) -> Path:
     runs = [[k, t, v] for k, (t, v) in _qlora_specs().items()]
     common = {**PER_RANK, **model, **QLORA}
     spec.write_text(json.dumps({"out": str(out), "common": common, "runs": runs}))
-    found = importlib.util.spec_from_file_location("_qlora_dist_worker", WORKER)
-    worker = importlib.util.module_from_spec(found)
-    found.loader.exec_module(worker)
-    worker.torchrun(__file__, spec, out / "torchrun.log")
+    _worker().torchrun(__file__, spec, out / "torchrun.log")
     return out
 
 

@@ -82,12 +82,13 @@ def _usage() -> str:
 def _known_errors() -> tuple[type[BaseException], ...]:
     from simple_rlhf.config import ConfigError
     from simple_rlhf.data.tokenize import TemplateError
+    from simple_rlhf.infra.build_locks import StaleBuildLockError
     from simple_rlhf.infra.checkpoint import CheckpointError
     from simple_rlhf.infra.guard import NonFiniteError
     from simple_rlhf.models.loading import ModelLoadError
 
     errors: list[type[BaseException]] = [ConfigError, ModelLoadError, TemplateError]
-    errors += [CheckpointError, NonFiniteError]
+    errors += [CheckpointError, NonFiniteError, StaleBuildLockError]
     try:
         from simple_rlhf.data.errors import DataError
 

@@ -35,6 +35,7 @@ import contextlib
 import dataclasses
 import os
 import socket
+import sys
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any, TypeVar
 
@@ -62,6 +63,24 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def _install_stack_dumps() -> None:
+    """``kill -USR1 <pid>`` prints every thread's stack (find where a rank waits); with
+    ``SIMPLE_RLHF_RUN_TIMEOUT_S`` set, the process prints its stacks and exits after that many
+    seconds (a watchdog for tests and CI: a hang fails with the rank's stack)."""
+    import faulthandler
+    import signal
+
+    err = sys.__stderr__  # the real stream (a captured sys.stderr may have no file descriptor)
+    try:
+        if hasattr(signal, "SIGUSR1"):
+            faulthandler.register(signal.SIGUSR1, file=err, all_threads=True)
+        limit = float(os.environ.get("SIMPLE_RLHF_RUN_TIMEOUT_S") or 0)
+        if limit > 0:
+            faulthandler.dump_traceback_later(limit, exit=True, file=err)
+    except (AttributeError, OSError, ValueError):  # no usable stderr, or a bad value: no dumps
+        pass
 
 
 def _single_process_store() -> str:
@@ -246,6 +265,7 @@ def init_distributed(args: Any = None, *, deepspeed: bool = False) -> Dist:
     from simple_rlhf.config import DistArgs
 
     args = args if args is not None else DistArgs()
+    _install_stack_dumps()
     ranks = _launcher_ranks(args.local_rank)
     use_ds = deepspeed or args.zero_stage is not None or args.deepspeed_config is not None
     if not torch.cuda.is_available():  # DeepSpeed would guess CPU anyway, with a warning
@@ -281,6 +301,9 @@ def init_distributed(args: Any = None, *, deepspeed: bool = False) -> Dist:
 
         import deepspeed as ds
 
+        from simple_rlhf.infra.build_locks import recover_stale_build_locks
+
+        recover_stale_build_locks()  # DeepSpeed JIT-builds ops: an abandoned lock hangs forever
         ds.init_distributed(dist_backend=backend)
         for name in ("all_gather_into_tensor", "reduce_scatter_tensor"):  # DeepSpeed's, not ours
             warnings.filterwarnings("ignore", f".*{name}` is deprecated", FutureWarning)
