@@ -40,7 +40,10 @@ class MetricsLogger:
         run_name: str | None = None,
         config: Mapping[str, Any] | None = None,
         enabled: bool = True,
+        keep_until: int | None = None,
     ) -> None:
+        """``keep_until``: resuming at that step, drop the rows of an existing ``metrics.jsonl``
+        logged after it (the stopped run's, from after its checkpoint: they are logged again)."""
         unknown = [s for s in report_to if s not in SINKS]
         if unknown:
             raise ValueError(f"unknown metric sink {unknown[0]!r}; valid: {', '.join(SINKS)}")
@@ -52,7 +55,10 @@ class MetricsLogger:
         self._wandb = None
         if "jsonl" in sinks:
             self.dir.mkdir(parents=True, exist_ok=True)
-            self._jsonl = (self.dir / "metrics.jsonl").open("a", encoding="utf-8")
+            path = self.dir / "metrics.jsonl"
+            if keep_until is not None and path.exists():
+                _truncate_after(path, keep_until)
+            self._jsonl = path.open("a", encoding="utf-8")
         if "tensorboard" in sinks:
             from torch.utils.tensorboard import SummaryWriter
 
@@ -108,6 +114,23 @@ class MetricsLogger:
             self._tb.close()
         if self._wandb is not None:
             self._wandb.finish()
+
+
+def _truncate_after(path: Path, step: int) -> None:
+    """Keep the rows of ``path`` up to ``step`` (rewritten atomically; unreadable lines dropped:
+    a crash can cut the last one short)."""
+    import os
+
+    kept = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            if json.loads(line).get("step", 0) <= step:
+                kept.append(line)
+        except (json.JSONDecodeError, AttributeError, TypeError):
+            continue
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(f"{line}\n" for line in kept), encoding="utf-8")
+    os.replace(tmp, path)
 
 
 def format_metrics(metrics: Mapping[str, float], keys: Sequence[str] | None = None) -> str:

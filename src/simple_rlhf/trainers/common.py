@@ -4,6 +4,7 @@ timing, saving the run's config. Each trainer keeps its own visible loop."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import random
 import time
@@ -13,7 +14,7 @@ from typing import Any
 
 import torch
 
-from simple_rlhf.config import to_dict
+from simple_rlhf.config import ConfigError, to_dict
 
 
 def build_optimizer(model: torch.nn.Module, optim: Any, lora: Any | None = None):
@@ -245,18 +246,80 @@ def total_training_steps(optim: Any, n_examples: int, world_size: int = 1) -> in
     return optim.max_steps or per_epoch * optim.num_train_epochs
 
 
+# Options a resumed run may change freely: where and how often it logs, evaluates and saves, and
+# how long it runs (resuming to train longer is the usual reason to resume).
+RESUME_SAFE = frozenset(
+    {
+        "output_dir", "eval_steps", "logging_steps", "report_to", "save_steps", "resume",
+        "resume_with_changes", "progress_bar", "max_steps", "num_train_epochs", "num_rollouts",
+        "max_eval_samples", "per_device_eval_batch_size", "gold_eval_prompts", "sample_every",
+        "local_rank", "dist_backend",
+    }
+)  # fmt: skip
+
+
+def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(d, dict):
+        return {prefix.rstrip("."): d}
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        out.update(_flat(v, f"{prefix}{k}."))
+    return out
+
+
+def check_resume_config(cfg: Any) -> int | None:
+    """If the run will resume (``--resume`` and a checkpoint in ``output_dir``): compare the
+    options with those of the run that wrote it (``run_config.yaml``) and stop with a
+    :class:`ConfigError` listing the ones that change the training, unless
+    ``--resume-with-changes``. Returns the checkpoint's step (None: no resume)."""
+    import yaml
+
+    from simple_rlhf.infra.checkpoint import latest_checkpoint
+
+    out = Path(cfg.log.output_dir)
+    ckpt = latest_checkpoint(out) if cfg.log.resume else None
+    if ckpt is None:
+        return None
+    step = int(json.loads((ckpt / "state.json").read_text()).get("step", 0))
+    saved_file = out / "run_config.yaml"
+    if not saved_file.is_file() or cfg.log.resume_with_changes:
+        return step
+    try:
+        saved = _flat(yaml.safe_load(saved_file.read_text()) or {})
+    except yaml.YAMLError:
+        return step
+    now = _flat(to_dict(cfg))
+    changed = [
+        f"{k}: {saved[k]!r} -> {now[k]!r}"
+        for k in now
+        if k in saved and saved[k] != now[k] and k.rsplit(".", 1)[-1] not in RESUME_SAFE
+    ]
+    if changed:
+        raise ConfigError(
+            f"{out} holds a checkpoint ({ckpt.name}) of a run with other settings; resuming "
+            "would continue it with these changed options: " + "; ".join(changed) + ". Run with "
+            "the same values, or add --resume-with-changes to go on with the new ones, or "
+            "start afresh with --no-resume or another --output-dir."
+        )
+    return step
+
+
 def start_logger(cfg: Any, dist: Any, total_steps: int) -> Any:
     """The metrics logger of a (possibly distributed) run: it writes and prints on rank 0 only,
-    which also saves the run config."""
+    which also saves the run config. A run that will resume is checked first
+    (:func:`check_resume_config`), and its ``metrics.jsonl`` loses the rows logged after the
+    checkpoint by the run that stopped (they are logged again)."""
     from simple_rlhf.infra.logging import MetricsLogger
 
     log = cfg.log
+    resume_step = check_resume_config(cfg)  # every rank: each stops alike
     logger = MetricsLogger(
         log.output_dir,
         log.report_to,
         total_steps=total_steps,
         progress_bar=log.progress_bar,
         enabled=dist.is_main,
+        keep_until=resume_step,
     )
     if dist.is_main:
         save_run_config(log.output_dir, cfg)
