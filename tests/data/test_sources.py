@@ -234,3 +234,45 @@ def test_missing_file_and_bad_arguments(tmp_path):
         DataSpec(("a",), eval_fraction=1.0)
     with pytest.raises(ValueError, match="paths"):
         DataSpec(())
+
+
+# ---- every record is checked, whatever the split; an empty step says which record is at fault ----
+
+
+@pytest.mark.parametrize("step", [1, 2, 3])
+def test_a_bad_record_outside_the_steps_share_is_reported(tmp_path, step):
+    """Record 10 of 40 pairs has ``"prompt": 17``: whichever step's share of the 2,4,4 split it
+    falls in, and for the eval split too, loading any step names file, record and field."""
+    rows = pairs(40)
+    rows[10]["prompt"] = 17
+    path = write_jsonl(tmp_path / "pairs.jsonl", rows)
+    spec = DataSpec(paths=(path,), eval_fraction=0.1)
+    kind = {1: "sft", 2: "pair", 3: "prompt"}[step]
+    for split in ("train", "eval"):
+        with pytest.raises(DataError, match=r"pairs\.jsonl, record 10, field 'prompt'"):
+            load_records(spec, kind, step, split)
+
+
+@pytest.mark.parametrize(
+    ("rows", "kind", "step", "where"),
+    [
+        # a CSV-like table missing the 'rejected' column, asked for pairs by the reward step
+        ([{"prompt": "p", "chosen": "c"}] * 5, "pair", 2, "record 0, field 'rejected'"),
+        # messages not a list (an SFT source, asked for pairs): the record itself is refused
+        ([{"messages": "hello"}] * 5, "pair", 2, "record 0, field 'messages'"),
+        # SFT records asked for unpaired (KTO) records
+        ([{"prompt": "p", "completion": "c"}] * 5, "unpaired", 2, "record 0, field 'label'"),
+    ],
+)
+def test_no_records_for_the_step_names_the_record_and_field(tmp_path, rows, kind, step, where):
+    path = write_jsonl(tmp_path / "data.jsonl", rows)
+    with pytest.raises(DataError, match=rf"data\.jsonl, {where}"):
+        load_records(DataSpec(paths=(path,), eval_fraction=0.0), kind, step)
+
+
+def test_a_conversation_without_an_assistant_turn_is_named(tmp_path):
+    rows = [{"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}]
+    rows = rows * 6 + [{"messages": [{"role": "user", "content": "only a question"}]}]
+    path = write_jsonl(tmp_path / "chat.jsonl", rows)
+    with pytest.raises(DataError, match=r"chat\.jsonl, record 6, field 'messages'"):
+        load_records(DataSpec(paths=(path,), eval_fraction=0.0), "sft", 1)

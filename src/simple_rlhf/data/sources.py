@@ -199,11 +199,34 @@ def _load_source(
     role = _role(adapter, raw)
     if step is not None:
         if role != "pair":
-            indices = indices if STEP_OF_ROLE[role] == step else []
+            if STEP_OF_ROLE[role] != step and kind != role:
+                info["empty_because"] = _why_not(raw, adapter, role, kind, step)
+                indices = []
+            elif STEP_OF_ROLE[role] != step:
+                indices = []
         elif split == "train":
             share = split_indices(len(indices), spec.split, spec.seed)[step - 1]
             indices = [indices[k] for k in share]
-    return _convert(raw, indices, adapter, kind), info
+    records = _convert(raw, indices, adapter, kind)
+    if path != TINY:  # every record is checked, not only this step's share of the split
+        used = set(indices)
+        _convert(raw, [i for i in range(len(raw.records)) if i not in used], adapter, role)
+    return records, info
+
+
+def _why_not(
+    raw: RawSource, adapter: DatasetAdapter | None, role: str, kind: str, step: int
+) -> str:
+    """Why a source of ``role`` records gives nothing to ``step``: its first record's error when
+    read as ``kind`` (naming file, record and field), or what the records are."""
+    what = f"{raw.source} holds {role} records (they feed step {STEP_OF_ROLE[role]})"
+    if not raw.records:
+        return f"{raw.source} is empty"
+    try:
+        _convert(raw, [0], adapter, kind)
+    except DataError as e:
+        return f"{what}; as {kind} records: {e}"
+    return what
 
 
 def load_records(
@@ -233,9 +256,10 @@ def load_records(
     if split == "eval" and spec.max_eval_records is not None:
         records = records[: spec.max_eval_records]
     if split == "train" and not records:
+        why = "; ".join(i["empty_because"] for i in infos if "empty_because" in i)
         raise DataError(
             f"no training records of kind {kind!r} for step {step} in {list(spec.paths)} "
-            f"(data split {spec.split})"
+            f"(data split {spec.split})" + (f": {why}" if why else "")
         )
     settings = {
         "v": _HASH_VERSION,
