@@ -134,3 +134,42 @@ def test_bos_prepended_when_tokenizer_adds_one(tok):
     ids = encode_prompt(bos_tok, "Q: sky?")
     assert ids[0] == bos_tok.bos_token_id and ids.count(bos_tok.bos_token_id) == 1
     assert encode_prompt(bos_tok, "<s>Q: sky?").count(bos_tok.bos_token_id) == 1
+
+
+def test_a_huge_prompt_is_cut_before_it_is_tokenized(tiny_base):
+    """A 10 MB prompt with max_seq_len 64: dropped (or truncated) without tokenizing it in full.
+    Measured in a child process: the peak RSS grows by well under 200 MB (it grew ~2.4 GB when the
+    whole text was tokenized first); a truncated example keeps the prompt's end, as for any prompt
+    over the limit."""
+    import subprocess
+    import sys
+    import textwrap
+
+    code = textwrap.dedent(
+        f"""
+        import resource, json
+        from simple_rlhf.data.records import PairRecord
+        from simple_rlhf.data.tokenize import Limits, encode_pairs
+        from simple_rlhf.models.loading import load_tokenizer
+        tok = load_tokenizer({str(tiny_base)!r})
+        huge = PairRecord(prompt="apple " * 1_700_000 + "name the colour", chosen="red", rejected="x")
+        small = PairRecord(prompt="name the colour of apple", chosen="red", rejected="x")
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        out = {{}}
+        for policy in ("drop", "truncate"):
+            ex, stats = encode_pairs(tok, [huge, small], Limits(64, 48, policy))
+            out[policy] = [stats.kept, stats.dropped, stats.truncated, len(ex[0]["prompt_ids"])]
+            out[policy + "_tail"] = tok.decode(ex[0]["prompt_ids"][-4:])
+        out["grew_mb"] = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+        print(json.dumps(out))
+        """
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    import json
+
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["drop"][:3] == [1, 1, 0]  # the huge one dropped, the small one kept
+    assert out["truncate"][:3] == [2, 0, 1] and out["truncate"][3] == 48
+    assert "colour" in out["truncate_tail"]
+    assert out["grew_mb"] < 200, out

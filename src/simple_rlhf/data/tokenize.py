@@ -90,24 +90,68 @@ def _adds_bos(tokenizer: PreTrainedTokenizerBase) -> bool:
     return len(ids) > 0 and ids[0] == tokenizer.bos_token_id
 
 
-def encode_prompt(tokenizer: PreTrainedTokenizerBase, prompt: Any) -> list[int]:
+# No token of a real vocabulary spans this many characters: a text longer than this many
+# characters per allowed token is over the limit for sure, and is cut before it is tokenized
+# (a 10 MB prompt used to be tokenized in full, ~240x its size in memory, only to be dropped).
+CHARS_PER_TOKEN_BOUND = 256
+
+
+def encode_prompt(
+    tokenizer: PreTrainedTokenizerBase, prompt: Any, max_tokens: int | None = None
+) -> list[int]:
     """Token ids of a prompt (BOS first when the tokenizer uses one)."""
+    return _prompt_ids(tokenizer, prompt, max_tokens)[0]
+
+
+def _prompt_ids(
+    tokenizer: PreTrainedTokenizerBase, prompt: Any, max_tokens: int | None
+) -> tuple[list[int], bool]:
+    """:func:`encode_prompt`, and whether the text was cut first (to its last
+    ``max_tokens x CHARS_PER_TOKEN_BOUND`` characters: only a prompt over the limit is)."""
     text = render_prompt(tokenizer, prompt)
+    cut = max_tokens is not None and len(text) > max_tokens * CHARS_PER_TOKEN_BOUND
+    if cut:
+        text = text[-max_tokens * CHARS_PER_TOKEN_BOUND :]
     ids = tokenizer(text, add_special_tokens=False)["input_ids"]
     if _adds_bos(tokenizer) and (not ids or ids[0] != tokenizer.bos_token_id):
         ids = [tokenizer.bos_token_id] + ids
-    return ids
+    return ids, cut
 
 
 def encode_response(tokenizer: PreTrainedTokenizerBase, prompt: Any, response: Any) -> list[int]:
     """Token ids of a response, ending with exactly one EOS."""
+    return _response_ids(tokenizer, prompt, response, None)[0]
+
+
+def _response_ids(
+    tokenizer: PreTrainedTokenizerBase, prompt: Any, response: Any, max_tokens: int | None
+) -> tuple[list[int], bool]:
+    """:func:`encode_response`, and whether the text was cut first (to its first
+    ``max_tokens x CHARS_PER_TOKEN_BOUND`` characters)."""
     text = render_response(tokenizer, prompt, response)
     eos = tokenizer.eos_token
     stripped = text.rstrip()
     if stripped.endswith(eos):
         stripped = stripped[: -len(eos)]
+    cut = max_tokens is not None and len(stripped) > max_tokens * CHARS_PER_TOKEN_BOUND
+    if cut:
+        stripped = stripped[: max_tokens * CHARS_PER_TOKEN_BOUND]
     ids = tokenizer(stripped, add_special_tokens=False)["input_ids"]
-    return ids + [tokenizer.eos_token_id]
+    return ids + [tokenizer.eos_token_id], cut
+
+
+def _encode_example(
+    tokenizer: PreTrainedTokenizerBase, prompt: Any, responses: Sequence[Any], limits: Limits
+) -> tuple[list[int], list[list[int]], bool]:
+    """A prompt and its responses as ids, texts far over the limits cut before tokenizing;
+    the flag says one was (the example is then over its limit)."""
+    p, cut = _prompt_ids(tokenizer, prompt, limits.max_prompt_len)
+    out = []
+    for r in responses:
+        ids, r_cut = _response_ids(tokenizer, prompt, r, limits.max_seq_len)
+        out.append(ids)
+        cut = cut or r_cut
+    return p, out, cut
 
 
 @dataclasses.dataclass
@@ -135,11 +179,13 @@ def _fit(
     limits: Limits,
     stats: EncodeStats,
     bos_id: int | None,
+    cut: bool = False,
 ) -> tuple[list[int], list[list[int]]] | None:
-    """Apply the length policy to a prompt and its response(s); None when dropped."""
+    """Apply the length policy to a prompt and its response(s); None when dropped. ``cut``: a
+    text was cut before tokenizing (far over the limit), so the example is too long."""
     too_long_prompt = len(prompt_ids) > limits.max_prompt_len
     longest = max((len(r) for r in responses), default=0)
-    too_long = len(prompt_ids) + longest > limits.max_seq_len
+    too_long = cut or len(prompt_ids) + longest > limits.max_seq_len
     if not (too_long_prompt or too_long):
         stats.kept += 1
         return prompt_ids, list(responses)
@@ -166,9 +212,10 @@ def encode_sft(
     """SFT examples: ``input_ids`` and ``labels`` (prompt labels = -100 unless train_on_prompt)."""
     stats, out = EncodeStats(), []
     for rec in records:
-        prompt_ids = encode_prompt(tokenizer, rec.prompt)
-        response_ids = encode_response(tokenizer, rec.prompt, rec.response)
-        fitted = _fit(prompt_ids, [response_ids], limits, stats, tokenizer.bos_token_id)
+        prompt_ids, (response_ids,), cut = _encode_example(
+            tokenizer, rec.prompt, [rec.response], limits
+        )
+        fitted = _fit(prompt_ids, [response_ids], limits, stats, tokenizer.bos_token_id, cut)
         if fitted is None:
             continue
         p, (r,) = fitted
@@ -183,10 +230,10 @@ def encode_pairs(
     """Preference pairs: ``prompt_ids``, ``chosen_ids``, ``rejected_ids`` (responses end in EOS)."""
     stats, out = EncodeStats(), []
     for rec in records:
-        prompt_ids = encode_prompt(tokenizer, rec.prompt)
-        chosen = encode_response(tokenizer, rec.prompt, rec.chosen)
-        rejected = encode_response(tokenizer, rec.prompt, rec.rejected)
-        fitted = _fit(prompt_ids, [chosen, rejected], limits, stats, tokenizer.bos_token_id)
+        prompt_ids, (chosen, rejected), cut = _encode_example(
+            tokenizer, rec.prompt, [rec.chosen, rec.rejected], limits
+        )
+        fitted = _fit(prompt_ids, [chosen, rejected], limits, stats, tokenizer.bos_token_id, cut)
         if fitted is None:
             continue
         p, (c, r) = fitted
@@ -200,9 +247,10 @@ def encode_unpaired(
     """Unpaired (KTO) examples: ``prompt_ids``, ``completion_ids``, ``label`` (bool)."""
     stats, out = EncodeStats(), []
     for rec in records:
-        prompt_ids = encode_prompt(tokenizer, rec.prompt)
-        completion = encode_response(tokenizer, rec.prompt, rec.completion)
-        fitted = _fit(prompt_ids, [completion], limits, stats, tokenizer.bos_token_id)
+        prompt_ids, (completion,), cut = _encode_example(
+            tokenizer, rec.prompt, [rec.completion], limits
+        )
+        fitted = _fit(prompt_ids, [completion], limits, stats, tokenizer.bos_token_id, cut)
         if fitted is None:
             continue
         p, (c,) = fitted
@@ -216,8 +264,8 @@ def encode_prompts(
     """Prompts for generation: ``prompt_ids``, plus ``prompt`` (the original) and ``fields``."""
     stats, out = EncodeStats(), []
     for rec in records:
-        prompt_ids = encode_prompt(tokenizer, rec.prompt)
-        if len(prompt_ids) > limits.max_prompt_len:
+        prompt_ids, cut = _prompt_ids(tokenizer, rec.prompt, limits.max_prompt_len)
+        if cut or len(prompt_ids) > limits.max_prompt_len:
             if limits.truncation == "drop":
                 stats.dropped += 1
                 continue
