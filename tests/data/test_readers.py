@@ -227,3 +227,10 @@ def test_looks_like_path():
     assert not looks_like_path("Dahoas/rm-static") and not looks_like_path("imdb")
     for path in ("/abs/x", "./x", "../x", "~/x", "a/b/c", "x.jsonl", "x.parquet", "c:\\x"):
         assert looks_like_path(path), path
+
+
+def test_non_utf8_error_names_line_and_column(tmp_path):
+    path = tmp_path / "latin1.jsonl"
+    path.write_bytes(b'{"prompt": "a", "response": "b"}\n{"prompt": "caf\xe9", "response": "b"}\n')
+    with pytest.raises(DataError, match=r"latin1\.jsonl.*not UTF-8 text: line 2, column 16"):
+        read_raw(str(path))

@@ -173,3 +173,15 @@ def test_a_huge_prompt_is_cut_before_it_is_tokenized(tiny_base):
     assert out["truncate"][:3] == [2, 0, 1] and out["truncate"][3] == 48
     assert "colour" in out["truncate_tail"]
     assert out["grew_mb"] < 200, out
+
+
+def test_identical_pairs_are_counted_and_dropped(tiny_base):
+    from simple_rlhf.data.records import PairRecord
+    from simple_rlhf.data.tokenize import Limits, encode_pairs
+    from simple_rlhf.models.loading import load_tokenizer
+
+    tok = load_tokenizer(str(tiny_base))
+    recs = [PairRecord("q1", "red", "red"), PairRecord("q2", "red", "blue")]
+    out, stats = encode_pairs(tok, recs, Limits(64, 48))
+    assert len(out) == 1 and (stats.kept, stats.identical) == (1, 1)
+    assert "1 identical pairs dropped" in stats.describe()

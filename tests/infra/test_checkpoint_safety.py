@@ -141,3 +141,30 @@ def test_safe_torch_load_of_a_non_torch_file_says_so(tmp_path):
     p.write_text("not a checkpoint")
     with pytest.raises(CheckpointError, match="trainer.pt"):
         safe_torch_load(p)
+
+
+def test_a_save_killed_before_the_weights_keeps_the_old_summary(tmp_path, tiny_base, monkeypatch):
+    """save_hf_model renames config/tokenizer, then the weights, then summary.json: failing at the
+    weights leaves the old summary (never a new summary beside old weights). Orphan temporary
+    folders of an earlier interrupted save are removed by the next save."""
+    from simple_rlhf.infra import checkpoint as ck
+    from simple_rlhf.models.loading import load_causal_lm, load_tokenizer
+
+    tok = load_tokenizer(str(tiny_base))
+    model = load_causal_lm(str(tiny_base), tok)
+    out = tmp_path / "out"
+    ck.save_hf_model(model, tok, out, extra_json={"summary.json": {"run": 1}})
+    orphan = out / ".model.tmp-abandoned"
+    orphan.mkdir()
+    real_replace = os.replace
+
+    def failing(src, dst):
+        if str(dst).endswith("model.safetensors"):
+            raise OSError("killed")
+        real_replace(src, dst)
+
+    monkeypatch.setattr(ck.os, "replace", failing)
+    with pytest.raises(OSError, match="killed"):
+        ck.save_hf_model(model, tok, out, extra_json={"summary.json": {"run": 2}})
+    assert json.loads((out / "summary.json").read_text()) == {"run": 1}
+    assert not orphan.exists()

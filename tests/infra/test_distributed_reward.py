@@ -50,6 +50,7 @@ COMMON = {
     "max_steps": 3,
     "logging_steps": 1,
     "warmup_ratio": 0.0,
+    "adam_epsilon": 1e-6,  # bounds how far rounding noise in a ~0 gradient moves a weight
     "max_eval_samples": 8,
     "per_device_eval_batch_size": 4,
 }
@@ -141,8 +142,8 @@ def test_rm_two_ranks_match_one_process(name, rm_runs, helpers, tiny_base):
     resumed = name == "zero3_offload"
     if resumed:
         assert (folder / "checkpoints" / "step-2" / "state.json").exists()
-        assert "before" not in summary  # the resumed run starts at step 2
-    for when in ("after",) if resumed else ("before", "after"):
+    # the resumed run starts at step 2 and keeps the first launch's "before" metrics
+    for when in ("before", "after"):
         g, w = summary[when], ref_summary[when]
         assert g["eval/accuracy"] == w["eval/accuracy"]
         assert g["eval/spearman_gold"] == pytest.approx(w["eval/spearman_gold"], abs=1e-12)

@@ -123,3 +123,30 @@ def test_hub_name_without_network_fails_at_once(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     loading.check_findable("some-org/some-model")  # left to from_pretrained (and its cache)
     loading.check_findable("tiny")
+
+
+def test_a_pickled_payload_in_a_bin_file_is_refused_and_named(tmp_path, tiny_base):
+    """A model folder whose pytorch_model.bin holds a pickled payload: refused (transformers loads
+    .bin files with weights_only), the payload never runs, and the message says why."""
+    import os
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file
+
+    from simple_rlhf.models.loading import ModelLoadError, load_causal_lm, load_tokenizer
+
+    marker = tmp_path / "pwned"
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_base, folder)
+    sd = load_file(str(folder / "model.safetensors"))
+    (folder / "model.safetensors").unlink()
+    torch.save({**sd, "extra": Payload()}, folder / "pytorch_model.bin")
+    with pytest.raises(ModelLoadError, match="holds Python objects besides tensors"):
+        load_causal_lm(str(folder), load_tokenizer(str(folder)))
+    assert not marker.exists()

@@ -305,9 +305,9 @@ def test_resume_continues_to_the_same_weights(tmp_path):
 
     common = {"lr_scheduler_type": "constant", "warmup_ratio": 0.0, "save_steps": 2}
     run(_quick(tmp_path, "a", max_steps=4, **common))
-    run(_quick(tmp_path, "b", max_steps=2, **common))
+    first = run(_quick(tmp_path, "b", max_steps=2, **common))
     summary = run(_quick(tmp_path, "b", max_steps=4, **common))
-    assert summary["steps"] == 4 and "before" not in summary
+    assert summary["steps"] == 4 and summary["before"] == first["before"]  # kept over the resume
     a = load_file(str(tmp_path / "a" / "model.safetensors"))
     b = load_file(str(tmp_path / "b" / "model.safetensors"))
     for k in a:
@@ -317,17 +317,19 @@ def test_resume_continues_to_the_same_weights(tmp_path):
 # ---- the shared tiny RM (trained once per session from tiny_sft) ----------------------------------
 
 
-def test_short_run_learns(tiny_rm):
+@pytest.mark.learning
+def test_short_run_learns(tiny_rm, learning):
     """Seed 1234, 150 steps from tiny_sft, 128 held-out tiny-task pairs (measured: accuracy
     0.44 -> 0.74, gold-order accuracy 0.45 -> 0.85, Spearman 0.05 -> 0.61). Asserted with room
     for numerics: accuracy rises by >= 0.2 and reaches >= 0.68; the noise-free gold order is
     matched on >= 78% of pairs; Spearman(score, gold) >= 0.4; chosen scores above rejected."""
     summary = json.loads((tiny_rm / "summary.json").read_text())
     before, after = summary["before"], summary["after"]
-    assert after["eval/accuracy"] >= before["eval/accuracy"] + 0.2
-    assert after["eval/accuracy"] >= 0.68
-    assert after["eval/gold_accuracy"] >= 0.78
-    assert after["eval/spearman_gold"] >= 0.4
+    gain = after["eval/accuracy"] - before["eval/accuracy"]
+    learning.at_least("reward", "accuracy gain", gain, 0.2)
+    learning.at_least("reward", "eval/accuracy", after["eval/accuracy"], 0.68)
+    learning.at_least("reward", "eval/gold_accuracy", after["eval/gold_accuracy"], 0.78)
+    learning.at_least("reward", "eval/spearman_gold", after["eval/spearman_gold"], 0.4)
     assert after["eval/margin_mean"] > 0 and after["eval/chosen_mean"] > after["eval/rejected_mean"]
 
 

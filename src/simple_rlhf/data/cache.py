@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 T = TypeVar("T")
-CACHE_VERSION = 2  # 2: JSON entries (1 was pickle)
+CACHE_VERSION = 3  # 2: JSON entries (1 was pickle); 3: identical pairs counted
 
 
 def tokenizer_fingerprint(tokenizer: Any) -> str:

@@ -101,7 +101,13 @@ def _decode(data: bytes, label: str) -> str:
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
-        raise DataError(f"not UTF-8 text ({exc})", source=label) from None
+        line = data.count(b"\n", 0, exc.start) + 1
+        column = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
+        raise DataError(
+            f"not UTF-8 text: line {line}, column {column} (byte {exc.start}) holds byte "
+            f"0x{data[exc.start]:02x}; save the file as UTF-8",
+            source=label,
+        ) from None
 
 
 def _parse_jsonl(text: str, label: str) -> list[Any]:

@@ -161,9 +161,11 @@ class EncodeStats:
     kept: int = 0
     dropped: int = 0
     truncated: int = 0
+    identical: int = 0  # pairs whose chosen and rejected responses are the same: no signal
 
     def describe(self) -> str:
-        return f"{self.kept} kept, {self.dropped} dropped as too long, {self.truncated} truncated"
+        text = f"{self.kept} kept, {self.dropped} dropped as too long, {self.truncated} truncated"
+        return text + (f", {self.identical} identical pairs dropped" if self.identical else "")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -233,6 +235,9 @@ def encode_pairs(
         prompt_ids, (chosen, rejected), cut = _encode_example(
             tokenizer, rec.prompt, [rec.chosen, rec.rejected], limits
         )
+        if chosen == rejected:  # the same answer twice teaches nothing (and breaks RM statistics)
+            stats.identical += 1
+            continue
         fitted = _fit(prompt_ids, [chosen, rejected], limits, stats, tokenizer.bos_token_id, cut)
         if fitted is None:
             continue

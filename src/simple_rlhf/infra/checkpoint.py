@@ -62,10 +62,19 @@ def safe_torch_load(path: str | Path, *, allowed: Sequence[Any] = (), map_locati
         ) from None
 
 
+def remove_orphans(folder: Path) -> None:
+    """Remove the temporary folders an interrupted save left in ``folder`` (``.model.tmp-*``,
+    ``.step-N.tmp-*``, ``.step-N.old-*``). One output folder has one writer at a time."""
+    for p in folder.glob(".*"):
+        if p.is_dir() and (".tmp-" in p.name or ".old-" in p.name):
+            shutil.rmtree(p, ignore_errors=True)
+
+
 def atomic_dir(target: str | Path, write: Callable[[Path], None]) -> Path:
     """Run ``write(tmp_dir)`` then move ``tmp_dir`` to ``target`` atomically."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
+    remove_orphans(target.parent)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     try:
         write(tmp)
@@ -123,7 +132,9 @@ def save_hf_model(
     """Write a loadable HF folder (safetensors). With LoRA: merged weights, or the adapter alone.
 
     The model goes into ``out_dir`` itself (beside logs and checkpoints): it is written to a
-    temporary folder first and its files are renamed into place one by one, weights last.
+    temporary folder first and its files are renamed into place one by one, weights after the
+    config and tokenizer, ``extra_json`` files (``summary.json``) last. Temporary folders that
+    an interrupted save left behind are removed.
     Merging is done on the live model (``merge_and_unload``), so call it with ``merge_lora=True``
     only when training is over; mid-run saves keep the adapter.
     QLoRA (a 4-bit base): merging writes a plain full-precision model, the NF4 base dequantised
@@ -147,6 +158,7 @@ def save_hf_model(
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    remove_orphans(out)
     tmp = Path(tempfile.mkdtemp(prefix=".model.tmp-", dir=out))
     try:
         model.save_pretrained(tmp, safe_serialization=True)
@@ -160,7 +172,13 @@ def save_hf_model(
         for stale in (*stale_files, QLORA_FILE):
             if (out / stale).exists() and not (tmp / stale).exists():
                 (out / stale).unlink()
-        for f in sorted(tmp.iterdir(), key=lambda p: p.name.endswith(".safetensors")):
+
+        # weights after config and tokenizer; the extra JSON (summary.json, ...) that describes
+        # the weights last: a save killed half-way never shows a new summary beside old weights
+        def order(p: Path) -> int:
+            return 2 if p.name in extra else 1 if p.name.endswith(".safetensors") else 0
+
+        for f in sorted(tmp.iterdir(), key=order):
             os.replace(f, out / f.name)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

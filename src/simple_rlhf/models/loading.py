@@ -39,11 +39,18 @@ def torch_dtype(name: str) -> torch.dtype:
 
 
 def _explain(what: str, name: str, err: Exception) -> ModelLoadError:
-    hint = (
-        "check the name or path; without network access only local folders (or 'tiny') load"
-        if not isinstance(err, ValueError)
-        else str(err).splitlines()[0]
-    )
+    import pickle
+
+    if isinstance(err, pickle.UnpicklingError) or "weights_only" in str(err):
+        hint = (
+            "its weights file (a pickle, e.g. pytorch_model.bin) holds Python objects besides "
+            "tensors, which loading would run, so it was refused; use a copy saved as "
+            "safetensors (save_pretrained(..., safe_serialization=True) where you trust it)"
+        )
+    elif isinstance(err, ValueError):
+        hint = str(err).splitlines()[0]
+    else:
+        hint = "check the name or path; without network access only local folders (or 'tiny') load"
     return ModelLoadError(f"could not load {what} from {name!r}: {type(err).__name__}: {hint}")
 
 

@@ -304,6 +304,35 @@ def check_resume_config(cfg: Any) -> int | None:
     return step
 
 
+BEFORE_FILE = "before.json"  # in <output_dir>/checkpoints: the metrics before training
+
+
+def remember_before(cfg: Any, metrics: dict[str, float]) -> dict[str, float]:
+    """Keep the held-out metrics measured before training beside the checkpoints, so that a
+    resumed run's summary still has them (:func:`recall_before`); returns ``metrics``."""
+    import os
+
+    from simple_rlhf.infra.checkpoint import CHECKPOINTS
+
+    if torch.distributed.is_initialized() and torch.distributed.get_rank() != 0:
+        return metrics  # rank 0 writes (other ranks may hold only part of the metrics)
+    folder = Path(cfg.log.output_dir) / CHECKPOINTS
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / f".{BEFORE_FILE}.{os.getpid()}"
+    tmp.write_text(json.dumps(metrics, indent=2))
+    os.replace(tmp, folder / BEFORE_FILE)
+    return metrics
+
+
+def recall_before(cfg: Any, summary: dict[str, Any]) -> None:
+    """``summary["before"]`` from :func:`remember_before`'s file when the run resumed."""
+    from simple_rlhf.infra.checkpoint import CHECKPOINTS
+
+    path = Path(cfg.log.output_dir) / CHECKPOINTS / BEFORE_FILE
+    if "before" not in summary and path.is_file():
+        summary["before"] = json.loads(path.read_text())
+
+
 def start_logger(cfg: Any, dist: Any, total_steps: int) -> Any:
     """The metrics logger of a (possibly distributed) run: it writes and prints on rank 0 only,
     which also saves the run config. A run that will resume is checked first

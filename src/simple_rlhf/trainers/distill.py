@@ -457,9 +457,10 @@ def run(cfg: DistillConfig) -> dict[str, Any]:
         return common.log_eval(logger, "distill", name, step, metrics)
 
     if step == 0:
-        summary["before"] = evaluate("before training")
+        summary["before"] = common.remember_before(cfg, evaluate("before training"))
         if note := slow_start_note(d, summary["before"].get("eval/forward_kl", 0.0)):
             logger.print(note)
+    common.recall_before(cfg, summary)  # a resumed run: the metrics before training, as measured
 
     # ---- train loop ----
     engine.train()

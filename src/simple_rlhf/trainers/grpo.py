@@ -453,7 +453,8 @@ def run(cfg: Any) -> dict[str, Any]:
 
     summary: dict[str, Any] = {}
     if step == 0:
-        summary["before"] = evaluate("before training", step)
+        summary["before"] = common.remember_before(cfg, evaluate("before training", step))
+    common.recall_before(cfg, summary)  # a resumed run: the metrics before training, as measured
     timer = common.Timer()
     stream = ol.prompt_stream(prompts, cfg.batch.prompts_per_rollout, o.seed, start=step)
     last_eval, metrics, explained = -1, {}, False

@@ -363,7 +363,8 @@ def run(cfg: PPOConfig) -> dict[str, Any]:
 
     summary: dict[str, Any] = {"batch_plan": dataclasses.asdict(plan)}
     if step == 0:
-        summary["before"] = evaluate("before training", step)
+        summary["before"] = common.remember_before(cfg, evaluate("before training", step))
+    common.recall_before(cfg, summary)  # a resumed run: the metrics before training, as measured
 
     # ---- train loop ----
     timer = common.Timer()

@@ -270,7 +270,8 @@ def fit(
         return common.log_eval(logger, tag, name, step, evaluate())
 
     if step == 0:
-        summary["before"] = run_eval("before training")
+        summary["before"] = common.remember_before(cfg, run_eval("before training"))
+    common.recall_before(cfg, summary)  # a resumed run: the metrics before training, as measured
 
     # ---- train loop ----
     engine.train()

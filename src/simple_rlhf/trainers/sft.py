@@ -199,7 +199,8 @@ def run(cfg: SFTConfig) -> dict[str, Any]:
         return metrics
 
     if step == 0:
-        summary["before"] = evaluate("before training")
+        summary["before"] = common.remember_before(cfg, evaluate("before training"))
+    common.recall_before(cfg, summary)  # a resumed run: the metrics before training, as measured
 
     # ---- train loop ----
     engine.train()
