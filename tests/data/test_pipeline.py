@@ -46,6 +46,18 @@ def test_settings_that_change_tokens_change_the_key(tmp_path, tok):
     whole, _ = load_encoded(tok, args(tmp_path, data, train_on_prompt=True), "sft", 1, "train")
     assert plain[0]["labels"] != whole[0]["labels"]
     short, stats = load_encoded(
-        tok, args(tmp_path, data, max_seq_len=4, max_prompt_len=2), "sft", 1, "train"
-    )
-    assert short == [] and stats.dropped == 1
+        tok, args(tmp_path, data, max_seq_len=4, max_prompt_len=2, truncation="truncate"), "sft",
+        1, "train",
+    )  # fmt: skip
+    assert short[0]["input_ids"] != plain[0]["input_ids"] and stats.truncated == 1
+
+
+def test_every_record_too_long_is_a_clear_error(tmp_path, tok):
+    from simple_rlhf.data.errors import DataError
+
+    path = tmp_path / "long.jsonl"
+    write(path, [{"prompt": "p " * 400, "response": "r"}] * 3)
+    with pytest.raises(DataError, match=r"all 3 training records .* dropped .*--max-seq-len 64"):
+        load_encoded(
+            tok, args(tmp_path, path, max_seq_len=64, max_prompt_len=32), "sft", 1, "train"
+        )

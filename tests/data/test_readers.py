@@ -234,3 +234,14 @@ def test_non_utf8_error_names_line_and_column(tmp_path):
     path.write_bytes(b'{"prompt": "a", "response": "b"}\n{"prompt": "caf\xe9", "response": "b"}\n')
     with pytest.raises(DataError, match=r"latin1\.jsonl.*not UTF-8 text: line 2, column 16"):
         read_raw(str(path))
+
+
+def test_deeply_nested_json_is_a_clear_error(tmp_path):
+    deep = tmp_path / "deep.json"
+    deep.write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(DataError, match=r"deep\.json: the file nests .* too deeply"):
+        read_raw(str(deep))
+    lines = tmp_path / "deep.jsonl"
+    lines.write_text('{"prompt": "a"}\n{"prompt": ' + "[" * 50_000 + "]" * 50_000 + "}\n")
+    with pytest.raises(DataError, match=r"deep\.jsonl, record 1: line 2 nests"):
+        read_raw(str(lines))

@@ -69,7 +69,7 @@ def load_encoded(
         return ENCODERS[kind](tokenizer, records, limits)
 
     if kind == "prompt":  # prompts carry arbitrary extra fields; cheap to encode, not cached
-        return build()
+        return _check_left(build(), len(records), kind, split, data_args)
     parts = {
         "content": content_hash,
         "tokenizer": tokenizer_fingerprint(tokenizer),
@@ -80,10 +80,29 @@ def load_encoded(
         "train_on_prompt": data_args.train_on_prompt,
         "spec": repr(spec),
     }
-    return cached(
+    out = cached(
         data_cache_dir(data_args),
         parts,
         build,
         to_json=lambda v: {"examples": v[0], "stats": dataclasses.asdict(v[1])},
         from_json=lambda d: (d["examples"], tk.EncodeStats(**d["stats"])),
     )
+    return _check_left(out, len(records), kind, split, data_args)
+
+
+def _check_left(
+    out: tuple[list[dict[str, Any]], tk.EncodeStats], n: int, kind: str, split: str, data_args: Any
+) -> tuple[list[dict[str, Any]], tk.EncodeStats]:
+    """A :class:`DataError` when every training record was dropped by the length policy (or as
+    an identical pair), saying how many and which limits."""
+    examples, stats = out
+    if split == "train" and n and not examples:
+        from simple_rlhf.data.errors import DataError
+
+        raise DataError(
+            f"all {n} training records of kind {kind!r} in {list(data_args.data_path)} were "
+            f"dropped ({stats.describe()}); the limits are --max-seq-len {data_args.max_seq_len} "
+            f"and --max-prompt-len {data_args.max_prompt_len} tokens: raise them, or pass "
+            "--truncation truncate"
+        )
+    return out

@@ -110,6 +110,9 @@ def _decode(data: bytes, label: str) -> str:
         ) from None
 
 
+_TOO_DEEP = "{} nests lists or objects too deeply to be a record (JSON nesting beyond ~1000 levels)"
+
+
 def _parse_jsonl(text: str, label: str) -> list[Any]:
     records: list[Any] = []
     for lineno, line in enumerate(text.split("\n"), start=1):
@@ -122,6 +125,10 @@ def _parse_jsonl(text: str, label: str) -> list[Any]:
                 label, len(records), None, f"invalid JSON on line {lineno}: {exc.msg} "
                 f"(column {exc.colno})"
             ) from None  # fmt: skip
+        except RecursionError:
+            raise DataError.at(
+                label, len(records), None, _TOO_DEEP.format(f"line {lineno}")
+            ) from None
     return records
 
 
@@ -135,6 +142,8 @@ def _parse_json(text: str, label: str) -> list[Any]:
         raise DataError("expected a JSON list of records, got a single object", source=label)
     try:
         obj = json.loads(text)
+    except RecursionError:
+        raise DataError(_TOO_DEEP.format("the file"), source=label) from None
     except json.JSONDecodeError as exc:
         raise DataError(
             f"invalid JSON on line {exc.lineno}, column {exc.colno}: {exc.msg}", source=label

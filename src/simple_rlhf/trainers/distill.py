@@ -83,6 +83,7 @@ from simple_rlhf.config import (
     fld,
     section,
 )
+from simple_rlhf.data.errors import DataError
 from simple_rlhf.data.pipeline import load_encoded
 from simple_rlhf.data.tokenize import IGNORE_INDEX, pad
 from simple_rlhf.infra.checkpoint import latest_checkpoint
@@ -389,7 +390,7 @@ def run(cfg: DistillConfig) -> dict[str, Any]:
     train = [split_prompt_response(e) for e in train_ex]
     evals = [split_prompt_response(e) for e in eval_ex]
     if not train:
-        raise ValueError("no training examples left after length filtering: raise --max-seq-len")
+        raise DataError("no training examples left after length filtering: raise --max-seq-len")
     total_steps = common.total_training_steps(o, len(train), dist.world_size)
     models = dd.setup_models(cfg, tokenizer, dist, total_steps)
     engine, teacher, plan = models.student, models.teacher.module, models.plan

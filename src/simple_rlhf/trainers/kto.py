@@ -65,6 +65,7 @@ from simple_rlhf.config import (
     fld,
     section,
 )
+from simple_rlhf.data.errors import DataError
 from simple_rlhf.data.pipeline import load_encoded
 from simple_rlhf.data.tokenize import IGNORE_INDEX, collate_pairs, collate_sft
 from simple_rlhf.infra.distributed import Dist, Engine, init_distributed
@@ -239,7 +240,7 @@ def run(cfg: KTOConfig) -> dict[str, Any]:
         evals, _ = load_encoded(tokenizer, cfg.data, "unpaired", step=ds, split="eval")
         eval_pairs, _ = load_encoded(tokenizer, cfg.data, "pair", step=ds, split="eval")
     if not train:
-        raise ValueError("no training examples left after length filtering: raise --max-seq-len")
+        raise DataError("no training examples left after length filtering: raise --max-seq-len")
     models = setup_models(cfg, dist, tokenizer, with_reference=True)
     engine, total_steps = build_engine(cfg, dist, models, len(train))
     reference = models.reference

@@ -23,6 +23,7 @@ from typing import Any
 import torch
 
 from simple_rlhf.config import ConfigError, fld
+from simple_rlhf.data.errors import DataError
 from simple_rlhf.data.pipeline import load_encoded
 from simple_rlhf.infra.checkpoint import latest_checkpoint, load_checkpoint
 from simple_rlhf.infra.engine import guarded_step
@@ -154,7 +155,7 @@ def load_prompts(tokenizer: Any, data: Any) -> tuple[list[dict[str, Any]], Any]:
     """The step-3 share of the prompts (``{prompt_ids, prompt, fields}``) and their stats."""
     prompts, stats = load_encoded(tokenizer, data, "prompt", step=3, split="train")
     if not prompts:
-        raise ValueError("no prompts left after length filtering: raise --max-prompt-len")
+        raise DataError("no prompts left after length filtering: raise --max-prompt-len")
     return prompts, stats
 
 

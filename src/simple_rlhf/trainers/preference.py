@@ -70,6 +70,7 @@ from simple_rlhf.config import (
     fld,
     section,
 )
+from simple_rlhf.data.errors import DataError
 from simple_rlhf.data.pipeline import load_encoded
 from simple_rlhf.data.tokenize import collate_pairs
 from simple_rlhf.infra.distributed import Dist, Engine, init_distributed
@@ -443,7 +444,7 @@ def run(cfg: DPOConfig | SimPOConfig | CPOConfig | ORPOConfig) -> dict[str, Any]
         train, train_stats = load_encoded(tokenizer, cfg.data, "pair", step=step, split="train")
         evals, _ = load_encoded(tokenizer, cfg.data, "pair", step=step, split="eval")
     if not train:
-        raise ValueError("no training pairs left after length filtering: raise --max-seq-len")
+        raise DataError("no training pairs left after length filtering: raise --max-seq-len")
     models = setup_models(cfg, dist, tokenizer, method.uses_reference(args))
     engine, total_steps = build_engine(cfg, dist, models, len(train))
     reference, pad_id = models.reference, tokenizer.pad_token_id

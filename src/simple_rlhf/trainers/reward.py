@@ -80,6 +80,7 @@ from simple_rlhf.config import (
     fld,
     section,
 )
+from simple_rlhf.data.errors import DataError
 from simple_rlhf.data.pipeline import load_encoded
 from simple_rlhf.infra.checkpoint import latest_checkpoint
 from simple_rlhf.infra.dist_checkpoint import load_checkpoint, save_checkpoint
@@ -277,7 +278,7 @@ def run(cfg: RewardConfig) -> dict[str, Any]:
         train, train_stats = load_encoded(tokenizer, cfg.data, "pair", step=2, split="train")
         evals, eval_stats = load_encoded(tokenizer, cfg.data, "pair", step=2, split="eval")
     if not train:
-        raise ValueError("no training pairs left after length filtering: raise --max-seq-len")
+        raise DataError("no training pairs left after length filtering: raise --max-seq-len")
     plan = dist.plan(o, cfg.model.dtype)  # before loading: ZeRO-3 partitions at load
     check_qlora(cfg.lora, plan.zero_stage, zero3_ok=True)  # QLoRA: LoRA on
     with plan.loading():

@@ -46,6 +46,7 @@ from simple_rlhf.config import (
     fld,
     section,
 )
+from simple_rlhf.data.errors import DataError
 from simple_rlhf.data.pipeline import load_encoded
 from simple_rlhf.data.tokenize import IGNORE_INDEX, collate_sft
 from simple_rlhf.infra.checkpoint import latest_checkpoint
@@ -148,7 +149,7 @@ def run(cfg: SFTConfig) -> dict[str, Any]:
         train, train_stats = load_encoded(tokenizer, cfg.data, "sft", step=1, split="train")
         evals, _ = load_encoded(tokenizer, cfg.data, "sft", step=1, split="eval")
     if not train:
-        raise ValueError("no training examples left after length filtering: raise --max-seq-len")
+        raise DataError("no training examples left after length filtering: raise --max-seq-len")
     plan = dist.plan(cfg.optim, cfg.model.dtype)  # before loading: ZeRO-3 partitions at load
     check_qlora(cfg.lora, plan.zero_stage, zero3_ok=True)  # QLoRA: LoRA on, adapters only
     with plan.loading():
