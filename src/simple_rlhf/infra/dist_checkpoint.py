@@ -33,8 +33,8 @@ DEEPSPEED_CLASSES = (
 
 @contextlib.contextmanager
 def safe_deepspeed_loads(engine: Any) -> Iterator[None]:
-    """Within the block, ``engine``'s checkpoint reads (DeepSpeed's own ``torch.load`` with
-    ``weights_only=False``) go through :func:`~simple_rlhf.infra.checkpoint.safe_torch_load`,
+    """Within the block, ``engine``'s checkpoint reads (DeepSpeed's own ``torch.load``, which
+    would unpickle anything) go through :func:`~simple_rlhf.infra.checkpoint.safe_torch_load`,
     allowing only :data:`DEEPSPEED_CLASSES` beyond tensors and plain data."""
     allowed = [_resolve(name) for name in DEEPSPEED_CLASSES]
     allowed = [c for c in allowed if c is not None]
