@@ -48,6 +48,7 @@ import torch
 
 HERE = Path(__file__).resolve().parent
 K = 4
+ZERO3_K = 3  # responses per prompt of the ZeRO-3 run (dynamic sampling, gold_or_constant)
 
 COMMON = {
     "report_to": ["jsonl"],
@@ -76,7 +77,7 @@ RUNS = {  # name -> (config class, settings of both runs, per-device rows: 1 pro
         {
             "zero_stage": 3,
             "save_steps": 1,
-            "num_generations": 3,
+            "num_generations": ZERO3_K,
             "dynamic_sampling": True,
             "reward_funcs": [f"{__file__}:gold_or_constant"],
         },
@@ -153,14 +154,20 @@ class PerRowSampler:
 
 
 def gold_or_constant(prompts: list, responses: list[str], **_) -> list[float]:
-    """The gold reward, but 0.5 for the prompts whose CRC-32 mod 12 is 2 or 10: their groups are
-    dropped by dynamic sampling (chosen so that 3 of the 4 groups of rollout 1 are dropped, an odd
-    number, and some of rollout 2 are kept)."""
+    """0.5 for the prompts whose CRC-32 mod 12 is 2 or 10: their groups are dropped by dynamic
+    sampling (chosen so that 3 of the 4 groups of rollout 1 are dropped, an odd number, and some
+    of rollout 2 are kept). Other prompts: the gold reward plus 0.01 x the row's index in its
+    group (the lists hold whole groups of ZERO3_K contiguous rows), so those groups are never
+    dropped, even when the policy samples the same answer ZERO3_K times (a well-trained SFT model
+    often does): which groups are dropped depends on the prompts alone, not on the sampling."""
     from simple_rlhf.data.tiny_task import gold_reward
 
+    assert len(prompts) % ZERO3_K == 0, len(prompts)
     return [
-        0.5 if zlib.crc32(str(p).encode()) % 12 in (2, 10) else gold_reward(p, r)
-        for p, r in zip(prompts, responses, strict=True)
+        0.5
+        if zlib.crc32(str(p).encode()) % 12 in (2, 10)
+        else gold_reward(p, r) + 0.01 * (i % ZERO3_K)
+        for i, (p, r) in enumerate(zip(prompts, responses, strict=True))
     ]
 
 
@@ -283,7 +290,8 @@ def test_grpo_two_ranks_match_one_process(name, grpo_runs):
     if name == "grpo_zero3":
         dropped = [r["rollout/groups_dropped"] for r in want]
         assert [r["rollout/groups_dropped"] for r in got] == dropped
-        assert dropped[0] % 2 == 1 and dropped[1] < 4, dropped
+        # fixed by the prompts (gold_or_constant): 3 groups of rollout 1 (odd), not all of 2
+        assert dropped[0] == 3 and dropped[1] < 4, dropped
         assert (folder / "checkpoints" / "step-1" / "state.json").exists()
         assert (folder / "checkpoints" / "step-2" / "state.json").exists()
 

@@ -281,16 +281,19 @@ def test_resume_reproduces_an_uninterrupted_run(tmp_path, tiny_sft) -> None:
 
 
 @pytest.mark.slow
-def test_short_run_moves_fresh_student_towards_teacher(tmp_path, tiny_sft) -> None:
-    """Seed 1234, fresh tiny student, teacher = the tiny SFT model, lmbda 0.5, beta 0 (forward
-    KL), 30 steps of 8: the held-out KL(teacher || student) falls below 0.6 of its starting value
-    (measured with the 6-epoch SFT model as teacher: 6.30 -> 2.87, ratio 0.46); the share of on-policy micro-batches is exactly the seeded coins' share; gold is
-    measured for student and teacher; the student is saved and loads."""
+@pytest.mark.learning
+def test_short_run_moves_fresh_student_towards_teacher(tmp_path, tiny_sft, learning) -> None:
+    """Fresh tiny student, teacher = the tiny SFT model, lmbda 0.5, beta 0 (forward KL), 30 steps
+    of 8: the held-out KL(teacher || student) falls below 0.6 of its starting value (ratio
+    0.42-0.45 over 5 seeds, benchmarks/learning_tests_results.md); the share of on-policy
+    micro-batches is exactly the seeded coins' share; gold is measured for student and teacher;
+    the student is saved and loads."""
     kw = {"max_steps": 30, "per_device_train_batch_size": 8, "max_new_tokens": 16}
+    kw["seed"] = learning.seed
     out = run(_cfg(tmp_path, tiny_sft, gold_eval_prompts=8, lmbda=0.5, beta=0.0, **kw))
     before, after = out["before"]["eval/distill_loss"], out["after"]["eval/distill_loss"]
-    assert after < 0.6 * before, (before, after)
-    coins = sum(is_on_policy(1234, i, 0.5) for i in range(30)) / 30
+    learning.at_most("distill", "eval/distill_loss after / before", after / before, 0.6)
+    coins = sum(is_on_policy(learning.seed, i, 0.5) for i in range(30)) / 30
     assert out["on_policy_share"] == pytest.approx(coins, abs=1e-12)
     assert 0.0 < coins < 1.0
     assert "eval/gold_greedy" in out["after"] and "teacher/gold_greedy" in out["teacher"]

@@ -68,26 +68,31 @@ def test_tiny_recipe_loads():
     assert cfg.log.output_dir == "outputs/kto" and cfg.train.data_step == 2
 
 
-def test_short_run_moves_held_out_preferences(tmp_path, tiny_sft):
-    """30 steps of 8 unpaired examples at lr 5e-4 from the tiny SFT model (seed 1234): the implicit
-    reward ``β(log π - log π_ref)`` comes to rank held-out chosen answers first (pair margin and
-    accuracy both 0 before training, when policy == reference; measured after: margin 0.061,
-    accuracy 0.67 on 64 pairs), and desirable examples outscore undesirable ones on held-out
-    unpaired data (measured margin 0.14)."""
+@pytest.mark.learning
+def test_short_run_moves_held_out_preferences(tmp_path, tiny_sft, learning):
+    """60 steps of 8 unpaired examples at lr 5e-4 from the tiny SFT model: the implicit reward
+    ``β(log π - log π_ref)`` comes to rank held-out chosen answers first (pair margin and accuracy
+    both 0 before training, when policy == reference; after, over 5 seeds on 128 pairs: margin
+    0.061-0.130, accuracy 0.59-0.70), and desirable examples outscore undesirable ones on held-out
+    unpaired data (margin 0.13-0.30; benchmarks/learning_tests_results.md)."""
     overrides = {
         **QUIET,
         "model_name_or_path": str(tiny_sft),
         "output_dir": str(tmp_path / "kto"),
         "learning_rate": 5e-4,
         "desirable_weight": 4.5,
-        "max_steps": 30,
+        "max_steps": 60,
         "per_device_train_batch_size": 8,
-        "max_eval_samples": 64,
+        "max_eval_samples": 128,
+        "seed": learning.seed,
     }
     summary = run(load_config(KTOConfig, overrides=overrides))
     before, after = summary["before"], summary["after"]
     assert before["eval/pairs/margin"] == 0.0 and before["eval/rewards/accuracy"] == 0.0
-    assert after["eval/pairs/margin"] >= 0.03, after
-    assert after["eval/rewards/accuracy"] >= 0.6, after
-    assert after["eval/rewards/margin"] >= 0.07, after
+    for key, bound in (
+        ("eval/pairs/margin", 0.03),
+        ("eval/rewards/accuracy", 0.55),
+        ("eval/rewards/margin", 0.07),
+    ):
+        learning.at_least("kto", key, after[key], bound)
     assert math.isfinite(after["eval/kl"]) and after["eval/kl"] >= 0.0

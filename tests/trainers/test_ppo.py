@@ -50,6 +50,9 @@ def test_batch_plan_arithmetic():
     assert "16 prompts x 2 responses = 32 responses" in plan.describe()
     assert batch_plan(cfg_of(num_rollouts=None, num_train_epochs=2, **over), 100).num_rollouts == 13
     assert batch_plan(cfg_of(num_rollouts=None, max_steps=30, **over), 100).num_rollouts == 3
+    # an explicit max_steps caps num_rollouts (the default 60 included)
+    assert batch_plan(cfg_of(max_steps=30, **over), 100).num_rollouts == 3
+    assert batch_plan(cfg_of(num_rollouts=2, max_steps=30, **over), 100).num_rollouts == 2
 
 
 @pytest.mark.parametrize(
@@ -234,31 +237,32 @@ def test_rm_reward_lora_ema_checkpoint_and_resume(tiny_sft, tiny_rm, tmp_path):
 
 
 @pytest.mark.slow
-def test_short_ppo_run_raises_gold(tiny_sft, tmp_path):
-    """Seed 1234, the tiny SFT fixture as actor, the gold reward as the reward source, 10 rollouts
-    of 32 prompts (actor lr 2e-4, kl_coef 0.05, critic lr 1e-4; ~20 CPU-seconds). On 32 held-out
-    prompts the greedy gold reward rises by at least 0.1 and the sampled one by at least 0.03
-    (measured greedy 0.80 -> 0.99 / 0.94 / 0.96 and sampled 0.76 -> 0.88 / 0.83 / 0.83 for seeds
-    1234 / 1 / 2), and the first rollout's KL to the full-copy reference is 0."""
+@pytest.mark.learning
+def test_short_ppo_run_raises_gold(tiny_sft, tmp_path, learning):
+    """The tiny SFT fixture as actor, the gold reward as the reward source, 16 rollouts of 32
+    prompts (actor lr 2e-4, kl_coef 0.05, critic lr 1e-4). On 64 held-out prompts the greedy gold
+    reward rises by at least 0.06 and the sampled one by at least 0.01 (5 seeds,
+    benchmarks/learning_tests_results.md: greedy 0.12-0.25, sampled 0.03-0.16), and the first
+    rollout's KL to the full-copy reference is 0."""
     out = tmp_path / "ppo"
     summary = run(
         cfg_of(
             actor_model_name_or_path=str(tiny_sft),
-            num_rollouts=10,
+            num_rollouts=16,
             prompts_per_rollout=32,
             learning_rate=2e-4,
             kl_coef=0.05,
             critic_learning_rate=1e-4,
-            gold_eval_prompts=32,
+            gold_eval_prompts=64,
             max_new_tokens=32,
             output_dir=str(out),
-            seed=1234,
+            seed=learning.seed,
             **{**QUIET, "report_to": ["jsonl"]},
         )
     )
     before, after = summary["before"], summary["after"]
-    assert after["eval/gold_greedy"] >= before["eval/gold_greedy"] + 0.1, (before, after)
-    assert after["eval/gold_sampled"] >= before["eval/gold_sampled"] + 0.03, (before, after)
+    for key, by in (("eval/gold_greedy", 0.06), ("eval/gold_sampled", 0.01)):
+        learning.at_least("ppo", f"{key} gain", after[key] - before[key], by)
     assert read_jsonl(out / "metrics.jsonl")[1]["objective/kl"] == 0.0  # row 0 is the eval
     saved = json.loads((out / "summary.json").read_text())
     assert saved["after"]["eval/gold_greedy"] == after["eval/gold_greedy"]

@@ -269,32 +269,40 @@ LEARNING = [
     ("dpo", DPOConfig, {}, "eval/rewards/margin", 0.1),
     ("ipo", DPOConfig, {"loss_type": ["ipo"], "beta": 0.5}, "eval/rewards/margin", 0.05),
     ("simpo", SimPOConfig, {}, "eval/rewards/margin", 0.15),
-    ("cpo", CPOConfig, {}, "eval/rewards/accuracy", 0.05),
-    ("cpo_simpo", CPOConfig, {"loss_type": "simpo", "beta": 2.0}, "eval/rewards/margin", 0.15),
-    ("orpo", ORPOConfig, {}, "eval/rewards/margin", 0.06),
+    ("cpo", CPOConfig, {}, "eval/rewards/accuracy", 0.04),
+    ("cpo_simpo", CPOConfig, {"loss_type": "simpo", "beta": 2.0}, "eval/rewards/margin", 0.05),
+    ("orpo", ORPOConfig, {}, "eval/rewards/margin", 0.02),
 ]
 
 
+@pytest.mark.learning
 @pytest.mark.parametrize(("name", "cls", "kw", "metric", "by"), LEARNING)
-def test_short_run_moves_held_out_preferences(tmp_path, tiny_sft, name, cls, kw, metric, by):
-    """30 steps of 8 pairs at lr 5e-4 from the tiny SFT model (seed 1234) raise the held-out
-    (64 pairs) preference metric by the stated amount: the implicit-reward margin (0 before
-    training for the reference-based DPO and IPO) or the preference accuracy."""
+def test_short_run_moves_held_out_preferences(
+    tmp_path, tiny_sft, learning, name, cls, kw, metric, by
+):
+    """60 steps of 8 pairs at lr 5e-4 from the tiny SFT model raise the held-out (128 pairs)
+    preference metric by the stated amount: the implicit-reward margin (0 before training for the
+    reference-based DPO and IPO) or the preference accuracy; accuracy >= 0.6 after. Bounds at
+    about half the smallest gain over 5 seeds (benchmarks/learning_tests_results.md: smallest
+    gains dpo 0.22, ipo 0.10, simpo 0.34, cpo 0.08, cpo-simpo 0.11, orpo 0.04; accuracy
+    0.68-0.80)."""
     overrides = {
         **QUIET,
         **kw,
         "model_name_or_path": str(tiny_sft),
         "output_dir": str(tmp_path / name),
         "learning_rate": 5e-4,
-        "max_steps": 30,
+        "max_steps": 60,
         "per_device_train_batch_size": 8,
-        "max_eval_samples": 64,
+        "max_eval_samples": 128,
+        "seed": learning.seed,
     }
     summary = run(load_config(cls, overrides=overrides))
     before, after = summary["before"][metric], summary["after"][metric]
-    assert after - before >= by, (name, before, after)
-    assert summary["after"]["eval/rewards/accuracy"] >= 0.6
-    assert summary["steps"] == 30
+    learning.at_least(name, f"{metric} gain", after - before, by)
+    accuracy = summary["after"]["eval/rewards/accuracy"]
+    learning.at_least(name, "eval/rewards/accuracy", accuracy, 0.6)
+    assert summary["steps"] == 60
 
 
 def test_resume_with_method_state_continues_exactly(tmp_path, tiny_sft):

@@ -319,17 +319,18 @@ def test_resume_continues_to_the_same_weights(tmp_path):
 
 @pytest.mark.learning
 def test_short_run_learns(tiny_rm, learning):
-    """Seed 1234, 150 steps from tiny_sft, 128 held-out tiny-task pairs (measured: accuracy
-    0.44 -> 0.74, gold-order accuracy 0.45 -> 0.85, Spearman 0.05 -> 0.61). Asserted with room
-    for numerics: accuracy rises by >= 0.2 and reaches >= 0.68; the noise-free gold order is
-    matched on >= 78% of pairs; Spearman(score, gold) >= 0.4; chosen scores above rejected."""
+    """300 steps from tiny_sft, 128 held-out tiny-task pairs. Over 5 seeds
+    (benchmarks/learning_tests_results.md): accuracy gain 0.16-0.31 to 0.74-0.77, gold-order
+    accuracy 0.84-0.88, Spearman(score, gold) 0.33-0.59. Asserted about half-way between no
+    learning and the worst seed: gain >= 0.08, accuracy >= 0.65, gold order >= 0.75, Spearman
+    >= 0.2; chosen scores above rejected."""
     summary = json.loads((tiny_rm / "summary.json").read_text())
     before, after = summary["before"], summary["after"]
     gain = after["eval/accuracy"] - before["eval/accuracy"]
-    learning.at_least("reward", "accuracy gain", gain, 0.2)
-    learning.at_least("reward", "eval/accuracy", after["eval/accuracy"], 0.68)
-    learning.at_least("reward", "eval/gold_accuracy", after["eval/gold_accuracy"], 0.78)
-    learning.at_least("reward", "eval/spearman_gold", after["eval/spearman_gold"], 0.4)
+    learning.at_least("reward", "accuracy gain", gain, 0.08)
+    learning.at_least("reward", "eval/accuracy", after["eval/accuracy"], 0.65)
+    learning.at_least("reward", "eval/gold_accuracy", after["eval/gold_accuracy"], 0.75)
+    learning.at_least("reward", "eval/spearman_gold", after["eval/spearman_gold"], 0.2)
     assert after["eval/margin_mean"] > 0 and after["eval/chosen_mean"] > after["eval/rejected_mean"]
 
 

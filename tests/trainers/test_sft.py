@@ -25,16 +25,19 @@ def weights(folder):
 
 
 @pytest.mark.slow
-def test_sft_learns_the_tiny_task(tiny_sft):
-    """Seed 1234, default 6 epochs on the step-1 share (2000 examples): held-out loss falls from
-    ~6.6 (uniform over ~670 tokens) below 0.6, perplexity below 2, and greedy gold reward on 32
-    held-out prompts rises from 0 by at least 0.4 (measured: 0.62)."""
+@pytest.mark.learning
+def test_sft_learns_the_tiny_task(tiny_sft, learning):
+    """Default 6 epochs on the step-1 share (2000 examples): held-out loss falls from ~6.6 (uniform
+    over ~670 tokens) below 0.6, perplexity below 2, and greedy gold reward on 32 held-out prompts
+    rises from 0 by at least 0.4. Over 5 seeds (benchmarks/learning_tests_results.md): loss
+    0.41-0.47, perplexity 1.51-1.61, gold gain 0.69-0.79."""
     summary = json.loads((tiny_sft / "summary.json").read_text())
     before, after = summary["before"], summary["after"]
     assert before["eval/loss"] > 6.0
-    assert after["eval/loss"] < 0.6
-    assert after["eval/perplexity"] < 2.0
-    assert after["eval/gold_greedy"] >= before["eval/gold_greedy"] + 0.4
+    learning.at_most("sft", "eval/loss", after["eval/loss"], 0.6)
+    learning.at_most("sft", "eval/perplexity", after["eval/perplexity"], 2.0)
+    gain = after["eval/gold_greedy"] - before["eval/gold_greedy"]
+    learning.at_least("sft", "gold_greedy gain", gain, 0.4)
     assert (tiny_sft / "metrics.jsonl").exists() is False  # report_to none writes nothing
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
