@@ -29,7 +29,8 @@ response length, entropy, advantage mean, dropped-group fraction, policy loss, K
 norm (and the RM's mean score): rel 1e-5 or abs 1e-6 [the policy loss, ~ -mean(A) of O(1)
 advantages, e.g. -6.8e-3: abs <= 1.1e-7, rel 1.6e-5; gradient norm (1.3-3.3) rel <= 1.3e-6;
 the others rel <= 5e-6]; rollout 2 (after 2 optimiser steps): rel 1e-4 or abs 1e-6 [rel <= 2.2e-5,
-the RLOO KL]; saved policy weights atol 1e-5 [<= 4.5e-6]. Time on 2 shared cores: ~45 s (the
+the RLOO KL]; saved policy weights atol 1e-5 [<= 4.5e-6; Adam epsilon 1e-6, as in the DPO
+tests, bounds how far a weight whose gradient is within rounding of 0 moves]. Time on 2 shared cores: ~45 s (the
 4 single-process runs ~8 s, the torchrun launch ~35 s) after the ``tiny_sft`` / ``tiny_rm``
 fixtures (~65 s, shared with other tests).
 """
@@ -64,6 +65,7 @@ COMMON = {
     "gold_eval_prompts": 0,
     "sample_every": 0,
     "learning_rate": 2e-4,
+    "adam_epsilon": 1e-6,  # bounds how far rounding noise in a ~0 gradient moves a weight
 }
 RUNS = {  # name -> (config class, settings of both runs, per-device rows: 1 process, per rank)
     "grpo_ddp": ("GRPOConfig", {}, 8, 4),

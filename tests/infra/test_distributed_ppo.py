@@ -274,7 +274,7 @@ def test_batch_plan_with_two_processes():
     ("overrides", "message"),
     [
         ({"actor_zero_stage": 2, "actor_offload": "param"}, "actor: offload"),
-        ({"critic_zero_stage": 4}, "critic: zero_stage"),
+        ({"critic_zero_stage": 4}, r"critic_zero_stage: must be in \[0, 3\]"),
         ({"actor_zero_stage": 2, "offload_reference_model": True}, "offload_reference_model"),
         ({"actor_zero_stage": 3, "ema_decay": 0.99}, "ema_decay: .*ZeRO-3"),
     ],
