@@ -274,7 +274,12 @@ def test_grpo_two_ranks_match_one_process(name, grpo_runs):
         assert got[0][k] == pytest.approx(want[0][k], rel=1e-5, abs=1e-6), k
     for k in keys:
         assert got[1][k] == pytest.approx(want[1][k], rel=1e-4, abs=1e-6), k
-    assert want[0]["policy/grad_norm"] > 0.1  # the update did something
+    if name != "grpo_zero3":  # the update did something
+        assert want[0]["policy/grad_norm"] > 0.1
+    # grpo_zero3 keeps one group of K = 3 in rollout 1: if the policy sampled the same answer 3
+    # times, GRPO's zero-sum advantages give it exactly no gradient (seen with 2 of 5 SFT seeds),
+    # so no movement is asserted there; its point is the padded minibatch and the resume, and
+    # the other runs assert that their updates move the weights
     summary = json.loads((folder / "summary.json").read_text())
     assert summary["world_size"] == 2 and summary["rollouts"] == 2
     g = load_file(str(folder / "model.safetensors"))
