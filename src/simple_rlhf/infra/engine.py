@@ -233,9 +233,10 @@ class Engine:
         if self.kind == "ds":
             self.model.step()
             norm = self.model.get_global_grad_norm()
-            norm = float(norm) if norm is not None else 0.0
-            self.guard.allow(norm)
-            return norm
+            if norm is None:  # not measured by DeepSpeed in this configuration
+                return float("nan")
+            self.guard.allow(float(norm))
+            return float(norm)
         return guarded_step(
             self.module, self.optimizer, self.scheduler, self.max_grad_norm, self.guard
         )
