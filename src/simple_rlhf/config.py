@@ -511,8 +511,6 @@ class LogArgs:
     progress_bar: bool = fld(True, "show a progress bar (off in CI logs)")
 
     def __post_init__(self) -> None:
-        from simple_rlhf.infra.logging import SINKS
-
         unknown = [s for s in self.report_to if s not in SINKS]
         if unknown:
             raise ConfigError(f"report_to: {unknown[0]!r} is not one of {', '.join(SINKS)}")
@@ -523,6 +521,7 @@ class LogArgs:
 
 
 OFFLOADS = ("none", "optimizer", "param", "all")
+SINKS = ("jsonl", "tensorboard", "wandb", "none")  # metric sinks (infra/logging.py)
 
 
 def require_deepspeed(option: str) -> None:

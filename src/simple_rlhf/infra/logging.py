@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-SINKS = ("jsonl", "tensorboard", "wandb", "none")
+from simple_rlhf.config import SINKS
 
 
 def _scalar(value: Any) -> float | None:
