@@ -99,9 +99,18 @@ def test_report_table_metrics_and_plots(tmp_path):
 
 
 def test_dry_run_prints_commands(tmp_path, capsys):
+    """The printed commands can be run by hand: the step configs they name are written (issue
+    16, defect 8), and hold the options the step would get."""
+    import yaml
+
     run(cfg(tmp_path, dry_run=True))
     out = capsys.readouterr().out
     assert out.count("simple_rlhf") == 3 and " ppo " in out
+    for step in (1, 2, 3):
+        recipe = step_dir(cfg(tmp_path), step) / "step_config.yaml"
+        assert f"--config {recipe}" in out and recipe.is_file()
+        assert yaml.safe_load(recipe.read_text())["data_split"] == "2,4,4"
+        assert not (step_dir(cfg(tmp_path), step) / "summary.json").exists()
 
 
 def test_bad_step_options_fail_before_any_step_runs(tmp_path):

@@ -120,9 +120,23 @@ def _unwrap_optional(tp: Any) -> tuple[Any, bool]:
     return tp, False
 
 
+# Options whose items may be Python callables when a config is built from Python (reward functions).
+CALLABLE_OPTIONS = frozenset({"reward_funcs", "eval_reward_funcs"})
+
+
+def callable_name(fn: Any) -> str:
+    """``module:qualname`` of a callable (how a config built from Python is saved)."""
+    module = getattr(fn, "__module__", None) or "?"
+    return f"{module}:{getattr(fn, '__qualname__', type(fn).__name__)}"
+
+
 def coerce(value: Any, tp: Any, name: str) -> Any:
     """Convert a YAML/CLI value to the field type, or raise ConfigError naming the field."""
     inner, optional = _unwrap_optional(tp)
+    if callable(value) and not isinstance(value, type | str):
+        if inner is str and name in CALLABLE_OPTIONS:
+            return value  # a reward function passed from Python: used as it is
+        raise ConfigError(f"{name}: expected a value, got the Python callable {value!r}")
     if value is None or (optional and isinstance(value, str) and value.lower() in ("none", "null")):
         if optional:
             return None
@@ -262,8 +276,19 @@ def load_config(
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:
-    """Nested plain-dict form (for saving next to a model or printing)."""
-    return dataclasses.asdict(cfg)
+    """Nested plain-dict form (for saving next to a model or printing); a Python callable (a
+    reward function passed from Python) is written as ``module:qualname``."""
+
+    def plain(v: Any) -> Any:
+        if isinstance(v, dict):
+            return {k: plain(x) for k, x in v.items()}
+        if isinstance(v, list | tuple):
+            return type(v)(plain(x) for x in v)
+        if callable(v) and not isinstance(v, type):
+            return callable_name(v)
+        return v
+
+    return plain(dataclasses.asdict(cfg))
 
 
 # --- argparse ----------------------------------------------------------------------------------
@@ -381,7 +406,11 @@ class DataArgs:
         "(a named dataset's adapter applied to a local copy)",
     )
     data_split: str = fld(
-        "2,4,4", "shares of each dataset for steps 1,2,3 (DeepSpeed-Chat --data_split)"
+        "auto",
+        "shares of each pair dataset for steps 1,2,3, e.g. 2,4,4 (DeepSpeed-Chat --data_split); "
+        "'all': no split; 'auto': your own files are not split (a command uses every record) "
+        "while 'tiny' and the named Hub datasets get 2,4,4 as in DeepSpeed-Chat; `train` "
+        "passes 2,4,4",
     )
     data_seed: int = fld(1234, "seed of the data split and shuffling")
     eval_fraction: float = fld(0.05, "held-out fraction for datasets with no published eval split")
@@ -412,19 +441,59 @@ class DataArgs:
             )
         if not 0.0 <= self.eval_fraction < 1.0:
             raise ConfigError(f"eval_fraction: must be in [0, 1), got {self.eval_fraction}")
+        if self.data_split in ("auto", "all"):
+            return
         try:
             shares = [float(x) for x in self.data_split.split(",")]
         except ValueError:
-            raise ConfigError(f"data_split: {self.data_split!r} is not like '2,4,4'") from None
+            raise ConfigError(
+                f"data_split: {self.data_split!r} is not like '2,4,4', 'all' or 'auto'"
+            ) from None
         if len(shares) != 3 or min(shares) < 0 or sum(shares) <= 0:
             raise ConfigError(
                 f"data_split: need three non-negative shares, got {self.data_split!r}"
             )
 
     @property
-    def split_shares(self) -> tuple[float, float, float]:
+    def split_shares(self) -> tuple[float, ...] | None:
+        """The data layer's split: ``None`` (auto), ``()`` (all) or three weights."""
+        if self.data_split == "auto":
+            return None
+        if self.data_split == "all":
+            return ()
         a, b, c = (float(x) for x in self.data_split.split(","))
         return a, b, c
+
+
+@dataclasses.dataclass(frozen=True)
+class HeldoutArgs:
+    """Held-out evaluation by generation: answer held-out prompts greedily and score the answers
+    (before training, at every evaluation and at the end), on any data."""
+
+    gold_eval_prompts: int = fld(
+        64, "held-out prompts answered greedily and scored at each evaluation (0: off)"
+    )
+    eval_prompts: str = fld(
+        "auto",
+        "where the held-out prompts come from: a file (JSONL/JSON/CSV/parquet; its extra "
+        "columns are passed to the reward functions), 'auto' (the eval share of --data-path; "
+        "'tiny' publishes its own held-out prompts) or 'none'",
+    )
+    eval_reward_funcs: list[str] = fld(
+        [],
+        "reward functions scoring the held-out answers ('file.py:function', 'module:function' "
+        "or a built-in name; the mean is eval/gold_greedy). Default: the run's own "
+        "--reward-funcs, or tiny_gold on 'tiny'",
+    )
+    eval_reward_model: str | None = fld(
+        None, "a reward-model folder that also scores the held-out answers (eval/rm_greedy)"
+    )
+    pass_threshold: float = fld(
+        1.0, "a held-out answer passes (eval/pass_rate_greedy) when its reward is >= this"
+    )
+    eval_max_new_tokens: int | None = fld(
+        None, "tokens generated per held-out answer (default: the run's max_new_tokens, or 64)"
+    )
 
 
 @dataclasses.dataclass(frozen=True)

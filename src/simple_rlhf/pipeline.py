@@ -70,11 +70,18 @@ class PipelineConfig:
     actor_zero_stage: int | None = fld(None, "ZeRO stage of the actor (steps 1 and 3)")
     reward_zero_stage: int | None = fld(None, "ZeRO stage of the reward model and critic")
     data_path: list[str] | None = fld(None, "data sources for every step (default: each step's)")
-    data_split: str | None = fld(None, "per-step shares, e.g. 2,4,4 (default: each step's)")
+    data_split: str = fld(
+        "2,4,4",
+        "per-step shares of every pair dataset (DeepSpeed-Chat --data_split: disjoint data for "
+        "SFT, reward model and PPO); 'all' gives every step all pairs, 'auto' splits only 'tiny' "
+        "and named Hub datasets",
+    )
     recipe: str | None = fld(None, "YAML recipe: global keys plus sft:/reward:/ppo: sections")
     set: list[str] = fld([], "per-step overrides like sft.learning_rate=1e-4 (repeatable)")
     force: bool = fld(False, "rerun steps whose output already exists")
-    dry_run: bool = fld(False, "print the commands without running them")
+    dry_run: bool = fld(
+        False, "write each step's step_config.yaml and print the commands without running them"
+    )
 
     def __post_init__(self) -> None:
         bad = [s for s in self.step if s not in (1, 2, 3)]
@@ -202,14 +209,20 @@ class StepFailed(RuntimeError):
     """A pipeline step exited with an error."""
 
 
-def run_step(cfg: PipelineConfig, step: int) -> float:
-    """Run one step in its own process, tee its output to training.log; returns seconds."""
+def write_step_config(cfg: PipelineConfig, step: int) -> tuple[list[str], Path]:
+    """Write the step's ``step_config.yaml`` (its options) and return its command and the file."""
     import yaml
 
     argv, recipe = step_command(cfg, step)
-    folder = step_dir(cfg, step)
-    folder.mkdir(parents=True, exist_ok=True)
+    recipe.parent.mkdir(parents=True, exist_ok=True)
     recipe.write_text(yaml.safe_dump(step_options(cfg, step), allow_unicode=True))
+    return argv, recipe
+
+
+def run_step(cfg: PipelineConfig, step: int) -> float:
+    """Run one step in its own process, tee its output to training.log; returns seconds."""
+    argv, _ = write_step_config(cfg, step)
+    folder = step_dir(cfg, step)
     log = folder / "training.log"
     print(f"\n=== step {step}: {STEP_NAMES[step]} ===\n$ {shlex.join(argv)}", flush=True)
     t0 = time.perf_counter()
@@ -249,8 +262,9 @@ def run(cfg: PipelineConfig) -> dict[str, Any]:
         if is_done(folder) and not cfg.force:
             print(f"=== step {step}: {STEP_NAMES[step]}: reusing {folder} (--force to rerun)")
             continue
-        if cfg.dry_run:
-            argv, _ = step_command(cfg, step)
+        if cfg.dry_run:  # the step configs are written, so the commands can be run by hand
+            argv, recipe = write_step_config(cfg, step)
+            print(f"# step {step} ({STEP_NAMES[step]}), options written to {recipe}")
             print(shlex.join(argv))
             continue
         try:

@@ -74,6 +74,27 @@ def test_steps_get_disjoint_shares_of_train_after_the_eval_holdout(tmp_path):
     assert sorted(whole) == sorted(p for s in steps for p in s)
 
 
+def test_auto_split_gives_your_own_file_to_the_command_and_says_so(tmp_path, fake_tiny):
+    """Issue 16, defect 3: with the default split ('auto', a command run on its own) a local pair
+    file gives every training pair to the command; 'tiny' and named datasets keep
+    DeepSpeed-Chat's 2,4,4; the usage line always says how many records of how many."""
+    path = write_jsonl(tmp_path / "p.jsonl", pairs(50))
+    usage: list[str] = []
+    got, _ = load_records(DataSpec((path,), split=None), "pair", 2, "train", usage=usage)
+    assert len(got) == 47 and usage == [f"{path}: 47 of 47 train records as pair"]
+    assert len(load_records(DataSpec((path,), split="all"), "pair", 2, "train")[0]) == 47
+    usage = []
+    got, _ = load_records(DataSpec((path,), split=(2, 4, 4)), "pair", 2, "train", usage=usage)
+    assert len(got) == 19
+    assert usage == [
+        f"{path}: 19 of 47 train records as pair (step 2's share of --data-split 2,4,4; "
+        "--data-split all uses every record)"
+    ]
+    usage = []
+    tiny, _ = load_records(DataSpec(("tiny",), split=None), "pair", 2, "train", usage=usage)
+    assert "share of --data-split 2,4,4" in usage[0]
+
+
 def test_same_seed_same_records_different_seed_different(tmp_path):
     path = write_jsonl(tmp_path / "p.jsonl", pairs(40))
     a, ha = load_records(DataSpec((path,), seed=1), "pair", 2, "train")

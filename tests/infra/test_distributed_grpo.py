@@ -164,6 +164,8 @@ def gold_or_constant(prompts: list, responses: list[str], **_) -> list[float]:
     often does): which groups are dropped depends on the prompts alone, not on the sampling."""
     from simple_rlhf.data.tiny_task import gold_reward
 
+    if all(r == "" for r in responses):  # the trial call before training (2 prompts)
+        return [0.0] * len(responses)
     assert len(prompts) % ZERO3_K == 0, len(prompts)
     return [
         0.5
@@ -291,7 +293,7 @@ def test_grpo_two_ranks_match_one_process(name, grpo_runs):
     if name == "rloo_zero3_rm":  # the held-out evaluation (gold and run reward, greedy, sampled)
         want_s = json.loads((ref / "summary.json").read_text())
         for when in ("before", "after"):
-            assert len(summary[when]) == len(want_s[when]) == 8
+            assert len(summary[when]) == len(want_s[when]) == 10  # 5 per kind
             for k, v in want_s[when].items():
                 assert summary[when][k] == pytest.approx(v, rel=1e-5, abs=1e-6), (when, k)
     if name == "grpo_zero3":

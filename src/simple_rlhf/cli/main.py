@@ -86,9 +86,10 @@ def _known_errors() -> tuple[type[BaseException], ...]:
     from simple_rlhf.infra.checkpoint import CheckpointError
     from simple_rlhf.infra.guard import NonFiniteError
     from simple_rlhf.models.loading import ModelLoadError
+    from simple_rlhf.rollout.rewards import RewardFunctionError
 
     errors: list[type[BaseException]] = [ConfigError, ModelLoadError, TemplateError]
-    errors += [CheckpointError, NonFiniteError, StaleBuildLockError]
+    errors += [CheckpointError, NonFiniteError, StaleBuildLockError, RewardFunctionError]
     try:
         from simple_rlhf.data.errors import DataError
 

@@ -21,7 +21,8 @@ CACHE_VERSION = 3  # 2: JSON entries (1 was pickle); 3: identical pairs counted
 
 
 def tokenizer_fingerprint(tokenizer: Any) -> str:
-    """A hash of the tokenizer's vocabulary, merges, special tokens and chat template."""
+    """A hash of the tokenizer's vocabulary, merges, special tokens, chat template and stored
+    prompt format."""
     h = hashlib.sha256()
     backend = getattr(tokenizer, "backend_tokenizer", None)
     h.update(
@@ -30,6 +31,9 @@ def tokenizer_fingerprint(tokenizer: Any) -> str:
     h.update(str(getattr(tokenizer, "chat_template", "")).encode())
     specials = {k: str(v) for k, v in tokenizer.special_tokens_map.items()}
     h.update(json.dumps(specials, sort_keys=True).encode())
+    fmt = (getattr(tokenizer, "init_kwargs", None) or {}).get("prompt_format")
+    if fmt is not None:  # how prompts are rendered (data/prompt_format.py) changes the tokens
+        h.update(json.dumps(fmt, sort_keys=True).encode())
     return h.hexdigest()
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -54,12 +55,17 @@ def load_encoded(
     kind: Kind,
     step: int | None,
     split: Literal["train", "eval"],
+    prepare: Callable[[list[Any]], None] | None = None,
 ) -> tuple[list[dict[str, Any]], tk.EncodeStats]:
-    """Encoded examples of ``kind`` for a pipeline ``step`` (1, 2, 3 or None = all) and split."""
+    """Encoded examples of ``kind`` for a pipeline ``step`` (1, 2, 3 or None = all) and split.
+    ``prepare(records)`` runs before encoding (SFT decides the prompt format there)."""
     from simple_rlhf.data.sources import load_records
 
     spec = spec_from_args(data_args)
-    records, content_hash = load_records(spec, kind, step, split)
+    usage: list[str] = []
+    records, content_hash = load_records(spec, kind, step, split, usage=usage)
+    if prepare is not None:
+        prepare(records)
     limits = tk.Limits(data_args.max_seq_len, data_args.max_prompt_len, data_args.truncation)
     tk.ensure_chat_template(tokenizer)
 
@@ -69,7 +75,9 @@ def load_encoded(
         return ENCODERS[kind](tokenizer, records, limits)
 
     if kind == "prompt":  # prompts carry arbitrary extra fields; cheap to encode, not cached
-        return _check_left(build(), len(records), kind, split, data_args)
+        examples, stats = build()
+        out = examples, dataclasses.replace(stats, sources=usage[0])
+        return _check_left(out, len(records), kind, split, data_args)
     parts = {
         "content": content_hash,
         "tokenizer": tokenizer_fingerprint(tokenizer),
@@ -87,6 +95,7 @@ def load_encoded(
         to_json=lambda v: {"examples": v[0], "stats": dataclasses.asdict(v[1])},
         from_json=lambda d: (d["examples"], tk.EncodeStats(**d["stats"])),
     )
+    out = out[0], dataclasses.replace(out[1], sources=usage[0])
     return _check_left(out, len(records), kind, split, data_args)
 
 
@@ -106,3 +115,23 @@ def _check_left(
             "--truncation truncate"
         )
     return out
+
+
+def corpus_texts(data_args: Any, kind: Kind) -> list[str]:
+    """Every text of the training records of ``kind`` (prompts, responses, message contents): what
+    a tokenizer for this data is trained on."""
+    from simple_rlhf.data.sources import load_records
+
+    records, _ = load_records(spec_from_args(data_args), kind, None, "train")
+    texts: list[str] = []
+
+    def add(text: Any) -> None:
+        if isinstance(text, str):
+            texts.append(text)
+        elif isinstance(text, list):
+            texts.extend(str(m.get("content", "")) for m in text if isinstance(m, dict))
+
+    for r in records:
+        for name in ("prompt", "response", "chosen", "rejected", "completion"):
+            add(getattr(r, name, None))
+    return texts

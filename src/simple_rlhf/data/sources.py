@@ -10,8 +10,11 @@ the special path ``"tiny"`` is the built-in generated task):
    adapter's own fraction (0.1 = DeepSpeed-Chat's 9:1) or :data:`DEFAULT_EVAL_FRACTION`.
 2. **Step split** (``--data_split 2,4,4``), train only, each source independently: a source whose
    records are *pairs* (an adapter with ``has_pairs``, or a local source whose first record has
-   ``chosen`` + ``rejected``) is cut by ``split_indices(n_train, spec.split, seed)`` and step ``s``
-   (1-based) gets share ``s``. Any other source is not cut: it gives ALL its records to the one
+   ``chosen`` + ``rejected``) is cut by ``split_indices(n_train, weights, seed)`` and step ``s``
+   (1-based) gets share ``s``. ``spec.split = None`` ("auto", a command run on its own) cuts only
+   the named datasets of the DeepSpeed-Chat lineage and ``"tiny"`` (with :data:`DEFAULT_SPLIT`,
+   as DeepSpeed-Chat's step scripts do); local files and folders give every pair to the command.
+   Any other source is not cut: it gives ALL its records to the one
    step it can feed and nothing to the others — SFT-only sources (``has_pairs=False``, or
    ``messages`` / ``prompt`` + ``response`` records) to step 1, unpaired ``label`` sources to step
    2, prompt-only sources to step 3. So SFT-only datasets give no prompts to step 3; ask with
@@ -52,6 +55,7 @@ DEFAULT_EVAL_FRACTION = 0.05
 TINY = "tiny"
 HELD_OUT_SPLITS = ("test", "eval", "validation", "valid", "dev")
 STEP_OF_ROLE = {"sft": 1, "unpaired": 2, "prompt": 3}
+DEFAULT_SPLIT = (2.0, 4.0, 4.0)  # DeepSpeed-Chat's --data_split
 _HASH_VERSION = 1
 
 Kind = Literal["sft", "pair", "prompt", "unpaired"]
@@ -63,7 +67,8 @@ class DataSpec:
 
     paths: files, folders, Hub names, ``NAME@PATH`` or ``"tiny"``; their records are blended.
     split: per-step weights (DeepSpeed-Chat ``--data_split``; ``"2,4,4"`` is accepted too), step
-        ``s`` gets share ``s``.
+        ``s`` gets share ``s``; ``None`` = auto (see the module docstring, step 2); ``()`` or
+        ``"all"``: no step split, every step gets every record its kind can use.
     seed: seeds the eval hold-out, the step split and the blending shuffle.
     eval_fraction: share of train held out for eval when a source has no published eval split
         (``None``: the adapter's own, else 0.05).
@@ -71,7 +76,7 @@ class DataSpec:
     """
 
     paths: tuple[str, ...]
-    split: tuple[float, ...] = (2.0, 4.0, 4.0)
+    split: tuple[float, ...] | None = DEFAULT_SPLIT
     seed: int = 1234
     eval_fraction: float | None = None
     max_eval_records: int | None = None
@@ -81,9 +86,13 @@ class DataSpec:
         if not paths or not all(isinstance(p, str) and p for p in paths):
             raise ValueError(f"DataSpec.paths must be non-empty strings, got {self.paths!r}")
         object.__setattr__(self, "paths", paths)
-        weights = self.split.split(",") if isinstance(self.split, str) else self.split
-        object.__setattr__(self, "split", tuple(float(w) for w in weights))
-        split_indices(0, self.split, 0)  # validates the weights
+        if self.split == "all":
+            object.__setattr__(self, "split", ())
+        elif self.split is not None:
+            weights = self.split.split(",") if isinstance(self.split, str) else self.split
+            object.__setattr__(self, "split", tuple(float(w) for w in weights))
+            if self.split:
+                split_indices(0, self.split, 0)  # validates the weights
         if self.eval_fraction is not None and not 0.0 <= self.eval_fraction < 1.0:
             raise ValueError(f"eval_fraction must be in [0, 1), got {self.eval_fraction}")
         if self.max_eval_records is not None and self.max_eval_records < 0:
@@ -205,13 +214,44 @@ def _load_source(
             elif STEP_OF_ROLE[role] != step:
                 indices = []
         elif split == "train":
-            share = split_indices(len(indices), spec.split, spec.seed)[step - 1]
-            indices = [indices[k] for k in share]
+            weights = _weights(spec, path, adapter)
+            if weights is not None:
+                share = split_indices(len(indices), weights, spec.seed)[step - 1]
+                info["share"] = f"step {step}'s share of --data-split {_fmt(weights)}"
+                indices = [indices[k] for k in share]
     records = _convert(raw, indices, adapter, kind)
+    info["used"] = len(records)
     if path != TINY:  # every record is checked, not only this step's share of the split
         used = set(indices)
         _convert(raw, [i for i in range(len(raw.records)) if i not in used], adapter, role)
     return records, info
+
+
+def _weights(spec: DataSpec, path: str, adapter: DatasetAdapter | None) -> tuple[float, ...] | None:
+    """The step split that applies to a pair source: the spec's, or in auto mode DeepSpeed-Chat's
+    for ``tiny`` and named datasets, none (every record) for the user's own files."""
+    if spec.split is not None:
+        return spec.split or None
+    return DEFAULT_SPLIT if path == TINY or adapter is not None else None
+
+
+def _fmt(weights: Sequence[float]) -> str:
+    return ",".join(f"{w:g}" for w in weights)
+
+
+def describe_usage(infos: Sequence[dict[str, Any]], kind: str, split: str) -> str:
+    """One line per source saying how many of its records this command uses, and why not all."""
+    parts = []
+    for info in infos:
+        if "skipped" in info or info.get("n") is None:
+            continue
+        text = f"{info['path']}: {info.get('used', 0):,} of {info['n']:,} {split} records as {kind}"
+        if "share" in info:
+            text += f" ({info['share']}; --data-split all uses every record)"
+        elif "empty_because" in info:
+            text += " (" + info["empty_because"] + ")"
+        parts.append(text)
+    return "; ".join(parts)
 
 
 def _why_not(
@@ -234,17 +274,20 @@ def load_records(
     kind: Kind,
     step: int | None = None,
     split: Literal["train", "eval"] = "train",
+    usage: list[str] | None = None,
 ) -> tuple[list[Record], str]:
     """Records of ``kind`` for training ``step`` (1-based, ``None`` = all) and ``split``.
 
-    Returns ``(records, content_hash)``; rules in the module docstring.
+    Returns ``(records, content_hash)``; rules in the module docstring. ``usage``, if given, gets
+    one line saying how many records of each source were used (see :func:`describe_usage`).
     """
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
     if split not in ("train", "eval"):
         raise ValueError(f"split must be 'train' or 'eval', got {split!r}")
-    if step is not None and not 1 <= step <= len(spec.split):
-        raise ValueError(f"step must be in 1..{len(spec.split)} (the data split), got {step}")
+    n_steps = len(spec.split or DEFAULT_SPLIT)
+    if step is not None and not 1 <= step <= n_steps:
+        raise ValueError(f"step must be in 1..{n_steps} (the data split), got {step}")
     records: list[Record] = []
     infos = []
     for path in spec.paths:
@@ -255,6 +298,8 @@ def load_records(
     records = [records[i] for i in order]
     if split == "eval" and spec.max_eval_records is not None:
         records = records[: spec.max_eval_records]
+    if usage is not None:
+        usage.append(describe_usage(infos, kind, split))
     if split == "train" and not records:
         why = "; ".join(i["empty_because"] for i in infos if "empty_because" in i)
         raise DataError(

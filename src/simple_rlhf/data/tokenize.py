@@ -6,7 +6,9 @@ The rule, for every format:
   template applied to the prompt messages with the generation prompt (e.g. ``<|assistant|>\\n``);
   the response is what the full conversation adds after that text. A template whose full rendering
   does not start with the prompt rendering is reported, not guessed around.
-* **Raw** records are used as they are: prompt text, then response text.
+* **Raw** records are used as they are: prompt text, then response text (plus the separator the
+  model's stored prompt format names, ``data/prompt_format.py``, which also sends plain-string
+  prompts to a chat-trained model as user messages).
 * Prompt and response are tokenized **separately** and concatenated, so no BPE merge crosses the
   boundary and the label mask is exact. BOS is prepended when the tokenizer adds one by default and
   the text does not already carry it.
@@ -22,6 +24,8 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
+
+from simple_rlhf.data.prompt_format import adapt
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -55,7 +59,9 @@ def is_conversational(text: Any) -> bool:
 
 
 def render_prompt(tokenizer: PreTrainedTokenizerBase, prompt: Any) -> str:
-    """The prompt as text: chat template with generation prompt, or the raw string."""
+    """The prompt as text: chat template with generation prompt, or the raw string, after the
+    model's stored prompt format is applied (``data/prompt_format.py``)."""
+    prompt, _ = adapt(tokenizer, prompt)
     if is_conversational(prompt):
         ensure_chat_template(tokenizer)
         return tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
@@ -64,6 +70,7 @@ def render_prompt(tokenizer: PreTrainedTokenizerBase, prompt: Any) -> str:
 
 def render_response(tokenizer: PreTrainedTokenizerBase, prompt: Any, response: Any) -> str:
     """The response as text: what the rendered conversation adds after the rendered prompt."""
+    prompt, response = adapt(tokenizer, prompt, response)
     if is_conversational(prompt) or is_conversational(response):
         if not (is_conversational(prompt) and is_conversational(response)):
             raise TemplateError("prompt and response must both be messages or both be strings")
@@ -162,10 +169,12 @@ class EncodeStats:
     dropped: int = 0
     truncated: int = 0
     identical: int = 0  # pairs whose chosen and rejected responses are the same: no signal
+    sources: str = ""  # how many records of each source were read (data.sources.describe_usage)
 
     def describe(self) -> str:
         text = f"{self.kept} kept, {self.dropped} dropped as too long, {self.truncated} truncated"
-        return text + (f", {self.identical} identical pairs dropped" if self.identical else "")
+        text += f", {self.identical} identical pairs dropped" if self.identical else ""
+        return text + (f" [{self.sources}]" if self.sources else "")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -5,9 +5,12 @@ config. Both are deterministic and cached under ``$SIMPLE_RLHF_HOME/tiny-v1`` af
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import os
 import shutil
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 
 from simple_rlhf.paths import home_dir
@@ -67,8 +70,16 @@ def _atomic_build(target: Path, build) -> Path:
     return target
 
 
-def build_tiny_tokenizer(out_dir: Path) -> None:
-    """Train a byte-level BPE tokenizer on the tiny task's text and save it as an HF tokenizer."""
+# A tokenizer trained on the user's own data gets a somewhat larger vocabulary (byte-level BPE needs
+# about two merges per Chinese character).
+DATA_VOCAB_SIZE = 1024
+
+
+def build_tiny_tokenizer(
+    out_dir: Path, corpus: Sequence[str] | None = None, vocab_size: int = 768
+) -> None:
+    """Train a byte-level BPE tokenizer on ``corpus`` (default: the tiny task's text) and save it
+    as an HF tokenizer with the tiny chat template."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -78,12 +89,12 @@ def build_tiny_tokenizer(out_dir: Path) -> None:
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=768,
+        vocab_size=vocab_size,
         special_tokens=SPECIAL_TOKENS,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tok.train_from_iterator(tokenizer_corpus(), trainer)
+    tok.train_from_iterator(tokenizer_corpus() if corpus is None else corpus, trainer)
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tok,
         bos_token="<s>",
@@ -123,10 +134,21 @@ def build_tiny_model(out_dir: Path, tokenizer_dir: Path, seed: int = 0) -> None:
     tok.save_pretrained(out_dir)
 
 
-def ensure_tiny() -> Path:
-    """Build (once) and return the folder of the tiny base model (tokenizer saved beside it)."""
+def ensure_tiny(corpus: Sequence[str] | None = None) -> Path:
+    """Build (once) and return the folder of the tiny base model (tokenizer saved beside it).
+
+    With ``corpus`` (the texts of the user's data), the tokenizer is trained on that text instead
+    of the colour task's (``DATA_VOCAB_SIZE`` tokens), so a task of one's own is not spelt out
+    byte by byte; the folder is ``tiny-v1/data-<hash of the corpus>``."""
     root = tiny_dir()
-    tok_dir = _atomic_build(root / "tokenizer", build_tiny_tokenizer)
+    if corpus is not None:
+        texts = list(corpus)
+        key = hashlib.sha256("\x00".join(texts).encode()).hexdigest()[:16]
+        root = root / f"data-{key}"
+        build = functools.partial(build_tiny_tokenizer, corpus=texts, vocab_size=DATA_VOCAB_SIZE)
+        tok_dir = _atomic_build(root / "tokenizer", build)
+    else:
+        tok_dir = _atomic_build(root / "tokenizer", build_tiny_tokenizer)
     return _atomic_build(root / "base", lambda d: build_tiny_model(d, tok_dir))
 
 

@@ -41,23 +41,65 @@ def _import_attr(module: Any, attr: str, spec: str) -> RewardFn:
     try:
         fn = getattr(module, attr)
     except AttributeError:
-        raise RewardFunctionError(f"reward function {spec!r}: no attribute {attr!r}") from None
+        public = [n for n in dir(module) if not n.startswith("_") and callable(getattr(module, n))]
+        hint = f" (it defines: {', '.join(public[:10])})" if public else ""
+        raise RewardFunctionError(
+            f"reward function {spec!r}: no attribute {attr!r}{hint}"
+        ) from None
     if not callable(fn):
         raise RewardFunctionError(f"reward function {spec!r}: {attr!r} is not callable")
+    check_signature(spec, fn)
     return fn
+
+
+def check_signature(name: str, fn: RewardFn) -> None:
+    """A reward function must take ``(prompts, completions, **fields)``: two positional arguments,
+    and keyword arguments for the data's extra columns. Checked when it is loaded, so a wrong
+    signature is reported before any model is loaded."""
+    import inspect
+
+    try:
+        sig = inspect.signature(fn)
+    except (TypeError, ValueError):  # a builtin without a signature: nothing to check
+        return
+    try:
+        sig.bind(["prompt"], ["completion"])
+    except TypeError as e:
+        raise RewardFunctionError(
+            f"reward function {name!r} must accept (prompts, completions, **kwargs): two lists "
+            f"(one entry per sample) and the data's extra columns as keyword lists; its "
+            f"signature is {name.rsplit(':', 1)[-1]}{sig} ({e})"
+        ) from None
+
+
+def reward_name(spec: str | RewardFn) -> str:
+    """How a reward source is called in logs and metrics: a callable's ``__name__``, a spec's
+    function name."""
+    if callable(spec):
+        return getattr(spec, "__name__", type(spec).__name__)
+    return spec.rsplit(":", 1)[-1] if ":" in spec else spec
 
 
 def load_reward_function(spec: str | RewardFn) -> RewardFn:
     """A reward function from a built-in name, ``"pkg.module:function"`` or ``"file.py:function"``.
 
-    A callable is returned as it is. Errors name the spec and say what was wrong.
+    A callable is returned as it is. Errors name the spec and say what was wrong; the signature
+    is checked (:func:`check_signature`).
     """
     if callable(spec):
+        check_signature(reward_name(spec), spec)
         return spec
+    if not isinstance(spec, str):
+        raise RewardFunctionError(
+            f"reward function {spec!r}: expected a name, 'module:function', 'file.py:function' "
+            "or a Python callable"
+        )
     spec = spec.strip()
     if spec in REWARD_FUNCTIONS:
         entry = REWARD_FUNCTIONS[spec]
-        return entry if callable(entry) else load_reward_function(entry)
+        fn = entry if callable(entry) else load_reward_function(entry)
+        check_signature(spec, fn)
+        return fn
     if ":" not in spec:
         names = ", ".join(sorted(REWARD_FUNCTIONS))
         raise RewardFunctionError(
@@ -236,7 +278,7 @@ class CombinedReward:
 
 def build_reward(
     reward_model: str | None = None,
-    reward_funcs: Sequence[str] = (),
+    reward_funcs: Sequence[str | RewardFn] = (),
     weights: Sequence[float] | None = None,
     *,
     normalize: bool = True,
@@ -258,7 +300,7 @@ def build_reward(
         )
         sources.append(("rm", rm))
     for spec in reward_funcs:
-        name = spec.rsplit(":", 1)[-1] if ":" in spec else spec
+        name = reward_name(spec)
         base, k = name, 2
         while any(n == name for n, _ in sources):
             name, k = f"{base}_{k}", k + 1

@@ -200,6 +200,50 @@ def load_frozen_lm(name_or_path: str, tokenizer: Any, model_args: Any) -> Any:
     return model.eval().requires_grad_(False)
 
 
+def fit_tiny_to_data(model_args: Any, data_args: Any, kind: str) -> Any:
+    """``model_args`` with the model ``tiny`` replaced by a tiny model whose tokenizer is trained
+    on the text of the run's data when that data is not the built-in tiny task (``--model-name-
+    or-path tiny`` on one's own files); unchanged otherwise."""
+    if model_args.model_name_or_path != "tiny" or model_args.tokenizer_name_or_path:
+        return model_args
+    if list(data_args.data_path) == ["tiny"]:
+        return model_args
+    from simple_rlhf.data.pipeline import corpus_texts
+    from simple_rlhf.models.tiny import ensure_tiny
+
+    path = ensure_tiny(corpus_texts(data_args, kind))
+    return dataclasses.replace(model_args, model_name_or_path=str(path))
+
+
+def heldout_evaluator(
+    cfg: Any,
+    tokenizer: Any,
+    *,
+    run_reward_funcs: Any = (),
+    run_reward: Any = None,
+    max_new_tokens: int | None = None,
+) -> Any:
+    """The run's held-out evaluator (``rollout/heldout.py``) from its ``heldout`` section."""
+    from simple_rlhf.rollout.heldout import build_heldout
+
+    return build_heldout(
+        cfg.heldout,
+        cfg.data,
+        run_reward_funcs=run_reward_funcs,
+        run_reward=run_reward,
+        max_new_tokens=max_new_tokens,
+        model_args=cfg.model,
+    )
+
+
+def heldout_metrics(engine: Any, evaluator: Any, tokenizer: Any, logger: Any) -> dict[str, float]:
+    """Held-out answers of the engine's model, scored (generation on rank 0, or on every rank
+    with the parameters gathered under ZeRO-3); one sample answer is printed."""
+    if not evaluator:
+        return {}
+    return engine.on_main(lambda m: evaluator(m, tokenizer, log=logger.print))
+
+
 def log_eval(
     logger: Any, tag: str, name: str, step: int, metrics: dict[str, float]
 ) -> dict[str, float]:
@@ -253,7 +297,8 @@ RESUME_SAFE = frozenset(
         "output_dir", "eval_steps", "logging_steps", "report_to", "save_steps", "resume",
         "resume_with_changes", "progress_bar", "max_steps", "num_train_epochs", "num_rollouts",
         "max_eval_samples", "per_device_eval_batch_size", "gold_eval_prompts", "sample_every",
-        "local_rank", "dist_backend",
+        "local_rank", "dist_backend", "eval_prompts", "eval_reward_funcs", "eval_reward_model",
+        "pass_threshold", "eval_max_new_tokens",
     }
 )  # fmt: skip
 

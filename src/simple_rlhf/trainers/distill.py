@@ -76,6 +76,7 @@ from simple_rlhf.config import (
     ConfigError,
     DataArgs,
     DistArgs,
+    HeldoutArgs,
     LogArgs,
     LoraArgs,
     ModelArgs,
@@ -122,7 +123,6 @@ class DistillArgs:
     max_new_tokens: int = fld(48, "maximum tokens per generated response (on-policy and SeqKD)")
     generation_batch_size: int = fld(64, "prompts per generate() call")
     data_step: int = fld(1, "which step's share of the data split gives the SFT examples")
-    gold_eval_prompts: int = fld(64, "held-out tiny-task prompts for greedy gold (0: off)")
 
     def __post_init__(self) -> None:
         for name, value in (("lmbda", self.lmbda), ("beta", self.beta)):
@@ -152,6 +152,7 @@ class DistillConfig:
     lora: LoraArgs = section(LoraArgs)
     log: LogArgs = section(lambda: LogArgs(output_dir="outputs/distill"))
     distill: DistillArgs = section(DistillArgs)
+    heldout: HeldoutArgs = section(HeldoutArgs)
     dist: DistArgs = section(DistArgs)
 
     def __post_init__(self) -> None:
@@ -370,10 +371,6 @@ def accumulate_distill(
     return loss_sum / max(n_tokens, 1), int(tokens), extra
 
 
-def uses_tiny_task(cfg: DistillConfig) -> bool:
-    return "tiny" in cfg.data.data_path and cfg.distill.gold_eval_prompts > 0
-
-
 # ---- the run -------------------------------------------------------------------------------------
 
 
@@ -430,13 +427,10 @@ def run(cfg: DistillConfig) -> dict[str, Any]:
     if state:
         logger.print(f"[distill] resumed from {ckpt} at step {step}")
 
-    tiny = uses_tiny_task(cfg)
-    if tiny:  # generation: rank 0 alone (ZeRO-3: every rank, parameters gathered)
-        from simple_rlhf.rollout.evaluate import evaluate_gold
-
-        t_gold = models.teacher.on_main(
-            lambda m: evaluate_gold(m, tokenizer, n_prompts=d.gold_eval_prompts, prefix="teacher")
-        )
+    heldout = common.heldout_evaluator(cfg, tokenizer, max_new_tokens=d.max_new_tokens)
+    logger.print(f"[distill] {heldout.describe()}")
+    if heldout:  # generation: rank 0 alone (ZeRO-3: every rank, parameters gathered)
+        t_gold = models.teacher.on_main(lambda m: heldout(m, tokenizer, prefix="teacher"))
         summary["teacher"] = common.log_eval(logger, "distill", "teacher", step, t_gold)
     eval_bs, last_eval = o.per_device_eval_batch_size, (-1, {})
     multi = dist if dist.initialized else None
@@ -450,10 +444,7 @@ def run(cfg: DistillConfig) -> dict[str, Any]:
                     student, teacher, evals, d, vocab, eval_bs, pad_id, eos_id, dist=multi
                 )
             )
-        if tiny:
-            metrics.update(
-                engine.on_main(lambda m: evaluate_gold(m, tokenizer, n_prompts=d.gold_eval_prompts))
-            )
+        metrics.update(common.heldout_metrics(engine, heldout, tokenizer, logger))
         last_eval = (step, metrics)
         return common.log_eval(logger, "distill", name, step, metrics)
 

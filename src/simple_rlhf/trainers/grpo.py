@@ -79,7 +79,16 @@ from typing import Any
 
 import torch
 
-from simple_rlhf.config import ConfigError, DataArgs, LogArgs, LoraArgs, OptimArgs, fld, section
+from simple_rlhf.config import (
+    ConfigError,
+    DataArgs,
+    HeldoutArgs,
+    LogArgs,
+    LoraArgs,
+    OptimArgs,
+    fld,
+    section,
+)
 from simple_rlhf.infra.distributed import count_parameters, init_distributed
 from simple_rlhf.infra.engine import guarded_step
 from simple_rlhf.infra.guard import NonFiniteGuard
@@ -215,6 +224,7 @@ def _stage_config(name: str, estimator: str, kl_mode: str, aggregation: str, kl_
         lora: LoraArgs = section(LoraArgs)
         log: LogArgs = section(lambda: LogArgs(output_dir=f"outputs/{name}", logging_steps=1))
         monitor: OnlineMonitorArgs = section(OnlineMonitorArgs)
+        heldout: HeldoutArgs = section(HeldoutArgs)
         dist: GRPODistArgs = section(GRPODistArgs)
 
         def __post_init__(self) -> None:
@@ -385,8 +395,7 @@ def zero_loss_diagnostic(metrics: dict[str, float]) -> str:
         "pass rho = 1, so the loss is -mean(A), and group-relative advantages average to 0 per "
         f"group; the gradient is not 0 (grad norm {metrics.get('policy/grad_norm', 0.0):.3f}). "
         f"{metrics.get('rollout/zero_adv_group_frac', 0.0):.0%} of the groups had equal rewards "
-        "(advantage 0: no signal); if that is 100%, raise temperature or num_generations, or "
-        "use --dynamic-sampling"
+        "(advantage 0: no signal)"
     )
 
 
@@ -413,6 +422,7 @@ def run(cfg: Any) -> dict[str, Any]:
     with dist.main_first():  # the node's main rank builds the tiny model / data cache first
         tokenizer = ol.load_run_tokenizer(m, m.model_name_or_path)
         prompts, pstats = ol.load_prompts(tokenizer, cfg.data)
+    ol.try_reward_functions(cfg.reward.reward_funcs, prompts)
     od.check_world(
         cfg.batch.prompts_per_rollout, k, o.per_device_train_batch_size,
         o.gradient_accumulation_steps, dist.world_size,
@@ -457,7 +467,9 @@ def run(cfg: Any) -> dict[str, Any]:
     common.recall_before(cfg, summary)  # a resumed run: the metrics before training, as measured
     timer = common.Timer()
     stream = ol.prompt_stream(prompts, cfg.batch.prompts_per_rollout, o.seed, start=step)
-    last_eval, metrics, explained = -1, {}, False
+    last_eval, metrics, explained, explained_signal = -1, {}, False, False
+    for note in ol.preflight_notes(tokenizer, prompts):
+        logger.print(f"[{tag}] note: {note}")
     while step < n_rollouts:
         # this rank's whole prompt groups; the K samples of a prompt are contiguous rows
         rows = ol.rollout_rows(dist.shard(next(stream)), k)
@@ -466,6 +478,10 @@ def run(cfg: Any) -> dict[str, Any]:
             temperature=temperature, use_reference=use_ref,
         )  # fmt: skip
         rollout, scores = g.rollout, g.scores  # the global batch
+        if not explained_signal:
+            explained_signal = True
+            if note := ol.signal_note(scores, k):
+                logger.print(f"[{tag}] warning: {note}")
         with timer("experience"):
             exp, e_metrics = xp.make_experience(
                 rollout,

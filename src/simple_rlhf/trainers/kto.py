@@ -58,6 +58,7 @@ from simple_rlhf.config import (
     ConfigError,
     DataArgs,
     DistArgs,
+    HeldoutArgs,
     LogArgs,
     LoraArgs,
     ModelArgs,
@@ -79,7 +80,7 @@ from simple_rlhf.trainers.preference_loop import (
     build_engine,
     evaluate_loss,
     fit,
-    gold_metrics,
+    heldout_metrics,
     optim_defaults,
     setup_models,
     sharded_means,
@@ -111,6 +112,7 @@ class KTOConfig:
     lora: LoraArgs = section(LoraArgs)
     log: LogArgs = section(lambda: LogArgs(output_dir="outputs/kto"))
     train: PreferenceTrainArgs = section(PreferenceTrainArgs)
+    heldout: HeldoutArgs = section(HeldoutArgs)
     kto: KTOArgs = section(KTOArgs)
     dist: DistArgs = section(DistArgs)
 
@@ -238,7 +240,7 @@ def run(cfg: KTOConfig) -> dict[str, Any]:
         tokenizer = common.load_run_tokenizer(cfg.model)
         train, stats = load_encoded(tokenizer, cfg.data, "unpaired", step=ds, split="train")
         evals, _ = load_encoded(tokenizer, cfg.data, "unpaired", step=ds, split="eval")
-        eval_pairs, _ = load_encoded(tokenizer, cfg.data, "pair", step=ds, split="eval")
+        eval_pairs = held_out_pairs(tokenizer, cfg, ds)
     if not train:
         raise DataError("no training examples left after length filtering: raise --max-seq-len")
     models = setup_models(cfg, dist, tokenizer, with_reference=True)
@@ -255,14 +257,26 @@ def run(cfg: KTOConfig) -> dict[str, Any]:
         f"examples, {len(eval_pairs)} pairs"
     )
     loss_fn = kto_loss_fn(a, engine, reference, pad_id, cfg.data.max_seq_len)
+    heldout = common.heldout_evaluator(cfg, tokenizer)
+    header += f"; {heldout.describe()}"
 
     def evaluate() -> dict[str, float]:
         metrics = evaluate_loss(engine, loss_fn, evals, eval_bs) if evals else {}
         metrics.update(pair_accuracy(engine, reference, eval_pairs, a.beta, pad_id, eval_bs))
-        metrics.update(gold_metrics(cfg, engine, tokenizer))
+        metrics.update(heldout_metrics(heldout, engine, tokenizer))
         return metrics
 
     return fit(cfg, "kto", engine, total_steps, tokenizer, train, loss_fn, evaluate, {}, header)
+
+
+def held_out_pairs(tokenizer: Any, cfg: KTOConfig, step: int) -> list[dict[str, Any]]:
+    """Held-out preference pairs for the implicit-reward accuracy, when the data has pairs (the
+    tiny task, a pair file); unpaired ``prompt``/``completion``/``label`` files have none, and
+    then the accuracy is simply not measured (the training records were already checked)."""
+    try:
+        return load_encoded(tokenizer, cfg.data, "pair", step=step, split="eval")[0]
+    except DataError:
+        return []
 
 
 @torch.no_grad()

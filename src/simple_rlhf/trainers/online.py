@@ -10,7 +10,7 @@ REINFORCE++ (``trainers/grpo.py``). Each trainer keeps its own visible loop and 
 * the update: :class:`Learner`, :func:`clip_and_step`, :class:`PolicyLossSpec` and
   :func:`policy_backward` (clipped surrogate + optional entropy bonus / KL-in-loss, accumulated
   over micro-batches so that the step equals one over the whole minibatch);
-* reporting: :func:`gold_and_reward_eval`, :func:`make_evaluator`, :func:`report_rollout`
+* reporting: :func:`make_evaluator`, :func:`report_rollout`
   (log, sample pairs, warnings), :func:`finish_summary`.
 """
 
@@ -35,8 +35,16 @@ from simple_rlhf.losses.reduce import aggregate, masked_mean
 from simple_rlhf.models.loading import disable_dropout, load_tokenizer
 from simple_rlhf.models.lora import check_qlora
 from simple_rlhf.rollout import experience as xp
-from simple_rlhf.rollout.generate import Rollout, SamplingArgs, decode_responses, generate
-from simple_rlhf.rollout.rewards import CombinedReward, build_reward, fields_to_columns
+from simple_rlhf.rollout.generate import Rollout, decode_responses, generate
+from simple_rlhf.rollout.rewards import (
+    CombinedReward,
+    RewardFunctionError,
+    build_reward,
+    call_reward,
+    fields_to_columns,
+    load_reward_function,
+    reward_name,
+)
 from simple_rlhf.trainers import common
 
 REWARD_FUNCS_HELP = (
@@ -52,16 +60,16 @@ REWARD_FUNCS_HELP = (
 class OnlineMonitorArgs:
     """Evaluation and warnings."""
 
-    gold_eval_prompts: int = fld(64, "held-out tiny-task prompts for gold evaluation (0: off)")
     sample_every: int = fld(10, "print sample prompt/response pairs every N rollouts (0: off)")
     kl_warn: float = fld(10.0, "warn when the KL per response exceeds this")
     entropy_warn: float = fld(0.05, "warn when the mean token entropy falls below this")
     eos_rate_warn: float = fld(0.5, "warn when the EOS rate falls below this")
 
 
-def reward_function_names(funcs: Sequence[str]) -> list[str]:
-    """The configured reward functions without the placeholder ``none`` (an empty flag is [])."""
-    return [f for f in funcs if f.lower() != "none"]
+def reward_function_names(funcs: Sequence[Any]) -> list[Any]:
+    """The configured reward functions (specs or Python callables) without the placeholder
+    ``none`` (an empty flag is [])."""
+    return [f for f in funcs if not (isinstance(f, str) and f.lower() == "none")]
 
 
 def check_reward_sources(reward_model: str | None, reward: Any) -> None:
@@ -69,6 +77,11 @@ def check_reward_sources(reward_model: str | None, reward: Any) -> None:
     funcs = reward_function_names(reward.reward_funcs)
     if not reward_model and not funcs:
         raise ConfigError("no reward: set --reward-model (an RM folder) and/or --reward-funcs")
+    for spec in funcs:  # import and check the signature now, before any model is loaded
+        try:
+            load_reward_function(spec)
+        except RewardFunctionError as e:
+            raise ConfigError(f"reward_funcs: {e}") from None
     n_sources = bool(reward_model) + len(funcs)
     if reward.reward_weights and len(reward.reward_weights) != n_sources:
         raise ConfigError(
@@ -157,6 +170,26 @@ def load_prompts(tokenizer: Any, data: Any) -> tuple[list[dict[str, Any]], Any]:
     if not prompts:
         raise DataError("no prompts left after length filtering: raise --max-prompt-len")
     return prompts, stats
+
+
+def try_reward_functions(funcs: Sequence[Any], prompts: Sequence[dict[str, Any]]) -> None:
+    """Call each reward function once on the first two prompts (with their data columns) and
+    empty answers, before any model is loaded: a function that raises or returns the wrong thing
+    fails here, in a second, with its name (:class:`RewardFunctionError`)."""
+    trial = list(prompts[:2])
+    if not trial:
+        return
+    columns = fields_to_columns([p["fields"] for p in trial])
+    for spec in reward_function_names(funcs):
+        fn = load_reward_function(spec)
+        try:
+            call_reward(reward_name(spec), fn, [p["prompt"] for p in trial], [""] * len(trial),
+                        **columns)  # fmt: skip
+        except RewardFunctionError as e:
+            raise RewardFunctionError(
+                f"{e} (a trial call before training, on the first {len(trial)} prompts of the "
+                f"data with empty answers; data columns passed: {sorted(columns) or 'none'})"
+            ) from None
 
 
 def resume(
@@ -404,47 +437,114 @@ def policy_backward(
 # --- reporting ------------------------------------------------------------------------------------
 
 
-def gold_and_reward_eval(
-    model: Any, tokenizer: Any, reward: Any, n_prompts: int, sampling: SamplingArgs
-) -> dict[str, float]:
-    """Held-out tiny-task prompts, greedy and sampled answers: gold reward, the run's reward, EOS
-    rate and length (the keys of ``rollout/evaluate.py::evaluate_gold``, plus ``reward_*``; one
-    generation serves both scores)."""
-    from simple_rlhf.data.tiny_task import eval_prompts, gold_reward_batch
-    from simple_rlhf.rollout.evaluate import GREEDY, answer, score_answers
-
-    out: dict[str, float] = {}
-    prompts = eval_prompts(n_prompts)
-    greedy = dataclasses.replace(GREEDY, max_new_tokens=sampling.max_new_tokens)
-    for kind, s in (("greedy", greedy), ("sampled", sampling)):
-        texts, rollout = answer(model, tokenizer, prompts, s, seed=0)
-        gold = score_answers(prompts, texts, gold_reward_batch)
-        scores = reward(prompts, texts)
-        out[f"eval/gold_{kind}"] = sum(gold) / len(gold)
-        out[f"eval/reward_{kind}"] = sum(scores) / len(scores)
-        out[f"eval/eos_rate_{kind}"] = float(rollout.has_eos.float().mean())
-        out[f"eval/response_len_{kind}"] = float(rollout.response_lengths.float().mean())
-    return out
-
-
 def make_evaluator(
     tag: str, model: Any, tokenizer: Any, reward: Any, cfg: Any, logger: MetricsLogger
 ) -> Callable[[str, int], dict[str, float]]:
-    """``evaluate(when, step)``: :func:`gold_and_reward_eval` logged at ``step`` and printed; ``{}``
-    unless the data is the tiny task and ``gold_eval_prompts > 0``."""
-    tiny = "tiny" in cfg.data.data_path and cfg.monitor.gold_eval_prompts > 0
+    """``evaluate(when, step)``: held-out prompts answered greedily and sampled (one generation
+    per kind serves every score), scored by the evaluation reward functions (default: the run's
+    own, ``rollout/heldout.py``) and by the run's ``reward`` (``eval/reward_*``); logged at
+    ``step`` and printed. ``{}`` when there are no held-out prompts."""
+    heldout = common.heldout_evaluator(
+        cfg,
+        tokenizer,
+        run_reward_funcs=reward_function_names(cfg.reward.reward_funcs),
+        run_reward=reward,
+        max_new_tokens=cfg.sampling.max_new_tokens,
+    )
+    logger.print(f"[{tag}] {heldout.describe()}")
 
     def evaluate(when: str, step: int) -> dict[str, float]:
-        if not tiny:
+        if not heldout:
             return {}
-        ev = gold_and_reward_eval(
-            model, tokenizer, reward, cfg.monitor.gold_eval_prompts, cfg.sampling
-        )
+        ev = heldout(model, tokenizer, log=logger.print)
+        ev.update(heldout(model, tokenizer, sampling=cfg.sampling))
         logger.log(ev, step)
         logger.print(f"[{tag}] eval ({when}, rollout {step}): {format_metrics(ev)}")
         return ev
 
     return evaluate
+
+
+def reward_model_preflight(
+    policy: Any, tokenizer: Any, reward: CombinedReward, cfg: Any, logger: MetricsLogger, tag: str
+) -> dict[str, float]:
+    """Before training: how well the run's reward model orders the policy's own sampled answers
+    to held-out prompts, by the evaluation reward functions (``preflight/policy_pairs_accuracy``),
+    with a warning when near chance (then the policy has nothing to climb). ``{}`` without a
+    reward model or an evaluation reward function."""
+    from simple_rlhf.rollout.heldout import near_chance_warning, policy_pair_accuracy
+
+    rm = dict(zip(reward.names, reward.sources, strict=True)).get("rm")
+    if rm is None:
+        return {}
+    heldout = common.heldout_evaluator(
+        cfg,
+        tokenizer,
+        run_reward_funcs=reward_function_names(cfg.reward.reward_funcs),
+        max_new_tokens=cfg.sampling.max_new_tokens,
+    )
+    if not heldout or not heldout.functions:
+        return {}
+    metrics = policy_pair_accuracy(
+        heldout, policy, tokenizer, rm, sampling=cfg.sampling, seed=cfg.optim.seed,
+        prefix="preflight",
+    )  # fmt: skip
+    acc = metrics.get("preflight/policy_pairs_accuracy")
+    logger.print(
+        f"[{tag}] pre-flight: the reward model orders {int(metrics['preflight/policy_pairs'])} "
+        "pairs of the policy's own sampled answers (by "
+        f"{', '.join(n for n, _ in heldout.functions)}) with accuracy "
+        + (f"{acc:.3f}" if acc is not None else "n/a")
+    )
+    if warning := near_chance_warning(metrics, "preflight"):
+        logger.print(f"[{tag}] warning: {warning}")
+    return metrics
+
+
+def preflight_notes(tokenizer: Any, prompts: Sequence[dict[str, Any]]) -> list[str]:
+    """Problems visible before any rollout: plain-string prompts for a model whose tokenizer has a
+    chat template but no stored prompt format (trained elsewhere: it may expect chat messages)."""
+    from simple_rlhf.data.prompt_format import get_format
+
+    notes = []
+    plain = sum(isinstance(p["prompt"], str) for p in prompts)
+    template = getattr(tokenizer, "chat_template", None)
+    if plain and get_format(tokenizer) is None and template:
+        notes.append(
+            f"{plain} of {len(prompts)} prompts are plain strings, sent to the model as they are; "
+            "its tokenizer has a chat template but no stored prompt format (it was not trained "
+            "with simple-rlhf sft). If it was trained on chat messages, give the prompts as "
+            '[{"role": "user", "content": ...}] lists, or every answer may score the same'
+        )
+    return notes
+
+
+def signal_note(scores: torch.Tensor, group_size: int) -> str | None:
+    """After the first rollout: a line naming a zero-signal situation (every response scored the
+    same; every prompt's group scored equal), or ``None`` when there is signal."""
+    flat = scores.flatten().float()
+    if flat.numel() == 0:
+        return None
+    lo, hi = float(flat.min()), float(flat.max())
+    if hi - lo < 1e-9:
+        return (
+            f"every sampled response of this rollout got the same reward {lo:.4g}: the reward "
+            "does not tell the answers apart, so there is no learning signal. Check the reward "
+            "function on the sample answers printed below; if they look right but score "
+            "nothing, the model may be prompted differently from how it was trained (chat "
+            "messages vs plain strings, see the prompt format line above), or its answers may "
+            "be cut by --max-new-tokens"
+        )
+    if group_size > 1:
+        groups = flat.view(-1, group_size)
+        equal = float(((groups.max(1).values - groups.min(1).values) < 1e-9).float().mean())
+        if equal >= 0.999:
+            return (
+                f"all groups of {group_size} answers to one prompt scored equal (rewards range "
+                f"{lo:.3g}..{hi:.3g} across prompts): group-relative advantages are all 0. Raise "
+                "--temperature or --num-generations, or use --dynamic-sampling"
+            )
+    return None
 
 
 def show_samples(

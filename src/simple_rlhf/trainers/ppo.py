@@ -300,6 +300,7 @@ def run(cfg: PPOConfig) -> dict[str, Any]:
             if (p.ptx_coef > 0)
             else None
         )
+    ol.try_reward_functions(cfg.reward.reward_funcs, prompts)
     plan = batch_plan(cfg, len(prompts), dist.world_size)
     fb = cfg.batch.forward_batch_size
     md = setup_models(cfg, tokenizer, plan, dist)
@@ -363,13 +364,19 @@ def run(cfg: PPOConfig) -> dict[str, Any]:
 
     summary: dict[str, Any] = {"batch_plan": dataclasses.asdict(plan)}
     if step == 0:
-        summary["before"] = common.remember_before(cfg, evaluate("before training", step))
+        with gen_ctx():
+            pre = ol.reward_model_preflight(actor, tokenizer, reward, cfg, logger, "ppo")
+        summary["before"] = common.remember_before(
+            cfg, {**evaluate("before training", step), **pre}
+        )
     common.recall_before(cfg, summary)  # a resumed run: the metrics before training, as measured
 
     # ---- train loop ----
     timer = common.Timer()
     stream = ol.prompt_stream(prompts, cfg.batch.prompts_per_rollout, o.seed, start=step)
-    last_eval, metrics = -1, {}
+    last_eval, metrics, signal_checked = -1, {}, False
+    for note in ol.preflight_notes(tokenizer, prompts):
+        logger.print(f"[ppo] note: {note}")
     while step < plan.num_rollouts:
         rows = ol.rollout_rows(next(stream), cfg.batch.responses_per_prompt)
         rows = dist.shard(rows)  # this rank's contiguous slice of the global rollout batch
@@ -393,6 +400,10 @@ def run(cfg: PPOConfig) -> dict[str, Any]:
                 old_lp, ref_lp, values, scores_all = g["old"], g["ref"], g["values"], g["scores"]
             else:
                 scores_all = scores
+            if not signal_checked:
+                signal_checked = True
+                if note := ol.signal_note(scores_all, cfg.batch.responses_per_prompt):
+                    logger.print(f"[ppo] warning: {note}")
             exp, e_metrics = xp.make_experience(
                 rollout,
                 old_lp,

@@ -18,6 +18,7 @@ from simple_rlhf.config import (
     ConfigError,
     DataArgs,
     DistArgs,
+    HeldoutArgs,
     LogArgs,
     LoraArgs,
     OptimArgs,
@@ -205,6 +206,7 @@ class PPOConfig:
     lora: LoraArgs = section(LoraArgs)
     log: LogArgs = section(lambda: LogArgs(output_dir="outputs/ppo", logging_steps=1))
     monitor: PPOMonitorArgs = section(PPOMonitorArgs)
+    heldout: HeldoutArgs = section(HeldoutArgs)
     dist: PPODistArgs = section(PPODistArgs)
 
     def __post_init__(self) -> None:

@@ -63,6 +63,7 @@ from simple_rlhf.config import (
     ConfigError,
     DataArgs,
     DistArgs,
+    HeldoutArgs,
     LogArgs,
     LoraArgs,
     ModelArgs,
@@ -94,7 +95,7 @@ from simple_rlhf.trainers.preference_loop import (
     build_engine,
     evaluate_loss,
     fit,
-    gold_metrics,
+    heldout_metrics,
     optim_defaults,
     precompute_sharded,
     setup_models,
@@ -215,6 +216,7 @@ class DPOConfig:
     lora: LoraArgs = section(LoraArgs)
     log: LogArgs = section(lambda: LogArgs(output_dir="outputs/dpo"))
     train: PreferenceTrainArgs = section(PreferenceTrainArgs)
+    heldout: HeldoutArgs = section(HeldoutArgs)
     dpo: DPOArgs = section(DPOArgs)
     dist: DistArgs = section(DistArgs)
 
@@ -229,6 +231,7 @@ class SimPOConfig:
     lora: LoraArgs = section(LoraArgs)
     log: LogArgs = section(lambda: LogArgs(output_dir="outputs/simpo"))
     train: PreferenceTrainArgs = section(PreferenceTrainArgs)
+    heldout: HeldoutArgs = section(HeldoutArgs)
     simpo: SimPOArgs = section(SimPOArgs)
     dist: DistArgs = section(DistArgs)
 
@@ -243,6 +246,7 @@ class CPOConfig:
     lora: LoraArgs = section(LoraArgs)
     log: LogArgs = section(lambda: LogArgs(output_dir="outputs/cpo"))
     train: PreferenceTrainArgs = section(PreferenceTrainArgs)
+    heldout: HeldoutArgs = section(HeldoutArgs)
     cpo: CPOArgs = section(CPOArgs)
     dist: DistArgs = section(DistArgs)
 
@@ -257,6 +261,7 @@ class ORPOConfig:
     lora: LoraArgs = section(LoraArgs)
     log: LogArgs = section(lambda: LogArgs(output_dir="outputs/orpo"))
     train: PreferenceTrainArgs = section(PreferenceTrainArgs)
+    heldout: HeldoutArgs = section(HeldoutArgs)
     orpo: ORPOArgs = section(ORPOArgs)
     dist: DistArgs = section(DistArgs)
 
@@ -456,10 +461,11 @@ def run(cfg: DPOConfig | SimPOConfig | CPOConfig | ORPOConfig) -> dict[str, Any]
         reference = models.reference = models.ref_engine = None  # the cache replaces them
     state: dict[str, Any] = {}
     loss_fn = pair_loss_fn(method, args, engine, reference, pad_id, state)
+    heldout = common.heldout_evaluator(cfg, tokenizer)
 
     def evaluate() -> dict[str, float]:
         metrics = evaluate_loss(engine, loss_fn, evals, eval_bs) if evals else {}
-        metrics.update(gold_metrics(cfg, engine, tokenizer))
+        metrics.update(heldout_metrics(heldout, engine, tokenizer))
         return metrics
 
     if not method.uses_reference(args):
@@ -468,7 +474,7 @@ def run(cfg: DPOConfig | SimPOConfig | CPOConfig | ORPOConfig) -> dict[str, Any]
         ref_kind = "on the fly" if reference is not None else "precomputed"
     header = (
         f"train pairs (step {step}): {train_stats.describe()}; eval pairs: {len(evals)}; "
-        f"reference: {ref_kind}"
+        f"reference: {ref_kind}; {heldout.describe()}"
     )
     summary = fit(
         cfg, method.name, engine, total_steps, tokenizer, train, loss_fn, evaluate, state, header

@@ -72,6 +72,7 @@ from simple_rlhf.config import (
     ConfigError,
     DataArgs,
     DistArgs,
+    HeldoutArgs,
     LogArgs,
     LoraArgs,
     ModelArgs,
@@ -127,9 +128,6 @@ class RejectionSamplingArgs:
     min_score: float | None = fld(None, "drop prompts whose best score is below this")
     require_eos: bool = fld(True, "only responses that ended with EOS can be kept")
     data_step: int = fld(3, "which step's share of the data split gives the prompts")
-    gold_eval_prompts: int = fld(
-        64, "held-out tiny-task prompts answered greedily to measure the gold reward (0: off)"
-    )
 
     def __post_init__(self) -> None:
         if self.num_samples < 1 or self.rounds < 1:
@@ -158,6 +156,7 @@ class RejectionSamplingConfig:
     log: LogArgs = section(lambda: LogArgs(output_dir="outputs/rejection_sampling"))
     sampling: SamplingArgs = section(SamplingArgs)
     rs: RejectionSamplingArgs = section(RejectionSamplingArgs)
+    heldout: HeldoutArgs = section(HeldoutArgs)
     dist: DistArgs = section(DistArgs)
 
     def __post_init__(self) -> None:
@@ -288,7 +287,7 @@ def sample_and_select(
 
 def sft_config_for_round(cfg: RejectionSamplingConfig, policy: str, data: Path, out: Path):
     """The SFT trainer's config for one round: this run's sections, the round's data and model."""
-    from simple_rlhf.trainers.sft import SFTConfig, SFTEvalArgs
+    from simple_rlhf.trainers.sft import SFTArgs, SFTConfig
 
     return SFTConfig(
         model=dataclasses.replace(cfg.model, model_name_or_path=policy),
@@ -296,7 +295,8 @@ def sft_config_for_round(cfg: RejectionSamplingConfig, policy: str, data: Path, 
         optim=cfg.optim,
         lora=cfg.lora,
         log=dataclasses.replace(cfg.log, output_dir=str(out)),
-        sft=SFTEvalArgs(gold_eval_prompts=0),
+        sft=SFTArgs(),
+        heldout=HeldoutArgs(gold_eval_prompts=0),
         dist=cfg.dist,
     )
 
@@ -330,7 +330,10 @@ def run(cfg: RejectionSamplingConfig) -> dict[str, Any]:
         f"prompts x {rs.num_samples} samples; prompts: {stats.describe()}; scorer: {reward_name}"
         + (f"; {dist.describe()}" if multi else "")
     )
-    tiny = "tiny" in cfg.data.data_path and rs.gold_eval_prompts > 0
+    heldout = common.heldout_evaluator(
+        cfg, tokenizer, run_reward_funcs=rs.reward_funcs, max_new_tokens=cfg.sampling.max_new_tokens
+    )
+    logger.print(f"[rejection-sampling] {heldout.describe()}")
 
     def load_policy(path: str) -> Any:  # to sample from: QLoRA's 4-bit base if asked, no adapter
         with plain():
@@ -339,13 +342,11 @@ def run(cfg: RejectionSamplingConfig) -> dict[str, Any]:
             )
 
     def gold(model: Any) -> dict[str, float]:  # rank 0 only; ``model``: a model or its path
-        if not tiny or not dist.is_main:
+        if not heldout or not dist.is_main:
             return {}
-        from simple_rlhf.rollout.evaluate import evaluate_gold
-
         model = load_policy(model) if isinstance(model, str) else model
         with plain():
-            return evaluate_gold(model, tokenizer, n_prompts=rs.gold_eval_prompts)
+            return heldout(model, tokenizer, log=logger.print)
 
     policy_path = cfg.model.model_name_or_path
     summary: dict[str, Any] = {"scorer": reward_name, "prompts": len(prompts), "rounds": []}
@@ -405,8 +406,8 @@ def run(cfg: RejectionSamplingConfig) -> dict[str, Any]:
             "gold_before": gold_before,
             "gold_after": gold_now,
         }
-        if tiny and dist.is_main:
-            g_key = "eval/gold_greedy"
+        g_key = "eval/gold_greedy"
+        if g_key in gold_now and dist.is_main:
             logger.log({"gold/before": gold_before[g_key], "gold/after": gold_now[g_key]}, r)
             logger.print(
                 f"[rejection-sampling] round {r}: greedy gold {gold_before[g_key]:.4f} -> "

@@ -73,6 +73,7 @@ from simple_rlhf.config import (
     ConfigError,
     DataArgs,
     DistArgs,
+    HeldoutArgs,
     LogArgs,
     LoraArgs,
     ModelArgs,
@@ -131,6 +132,15 @@ class RewardArgs:
     gold_eval: bool = fld(
         True, "tiny task: also report Spearman(RM score, gold reward) on held-out responses"
     )
+    policy_check_samples: int = fld(
+        4,
+        "after training: answers sampled per held-out prompt from the policy (the SFT model) to "
+        "measure how well the RM orders the policy's own answers, by --eval-reward-funcs "
+        "(0 or 1: off)",
+    )
+    policy_model: str | None = fld(
+        None, "the policy whose answers are checked (default: --model-name-or-path)"
+    )
     stats_reference: str = fld(
         "eval_chosen",
         "responses whose raw scores give the stored mean/std: eval_chosen, eval_all "
@@ -173,6 +183,7 @@ class RewardConfig:
     lora: LoraArgs = section(LoraArgs)
     log: LogArgs = section(lambda: LogArgs(output_dir="outputs/reward"))
     reward: RewardArgs = section(RewardArgs)
+    heldout: HeldoutArgs = section(lambda: HeldoutArgs(gold_eval_prompts=48))
     dist: DistArgs = section(DistArgs)
 
 
@@ -262,6 +273,57 @@ def backward_step(
 
 
 # ---- training ------------------------------------------------------------------------------------
+
+
+def policy_check(
+    cfg: RewardConfig, engine: Any, tokenizer: Any, logger: Any, step: int
+) -> dict[str, float]:
+    """The trained RM's accuracy on pairs of the policy's own sampled answers, ordered by the
+    evaluation reward functions (``rollout/heldout.py::policy_pair_accuracy``), with a warning
+    when it is near chance; ``{}`` when off or without a reward function."""
+    from simple_rlhf.models.reward import RewardScorer
+    from simple_rlhf.rollout.heldout import near_chance_warning, policy_pair_accuracy
+
+    ra = cfg.reward
+    heldout = common.heldout_evaluator(cfg, tokenizer)
+    if ra.policy_check_samples < 2 or not heldout:
+        return {}
+    if not heldout.functions:
+        logger.print(
+            "[reward] the RM's accuracy on the policy's own answers is not measured: pass "
+            "--eval-reward-funcs file.py:function to order them"
+        )
+        return {}
+    policy_path = ra.policy_model or cfg.model.model_name_or_path
+
+    # the policy is a plain whole model on each rank that samples (not partitioned by ZeRO-3)
+    plain = engine.dist.plan(cfg.optim, cfg.model.dtype, zero_stage=None).hf_current
+
+    def check(rm: Any) -> dict[str, float]:
+        was_training = rm.training
+        with plain():
+            policy = common.load_frozen_lm(policy_path, tokenizer, cfg.model)
+            scorer = RewardScorer(rm, tokenizer, normalize=False)
+            try:
+                return policy_pair_accuracy(
+                    heldout, policy, tokenizer, scorer.score, samples=ra.policy_check_samples,
+                    seed=cfg.optim.seed,
+                )  # fmt: skip
+            finally:
+                rm.train(was_training)
+
+    metrics = engine.on_main(check)
+    logger.log(metrics, step)
+    acc = metrics.get("eval/policy_pairs_accuracy")
+    logger.print(
+        f"[reward] on {int(metrics.get('eval/policy_pairs', 0))} pairs of the policy's own "
+        f"sampled answers ({len(heldout.prompts)} held-out prompts x {ra.policy_check_samples}, "
+        f"ordered by {', '.join(n for n, _ in heldout.functions)}): accuracy "
+        + (f"{acc:.3f}" if acc is not None else "n/a")
+    )
+    if warning := near_chance_warning(metrics):
+        logger.print(f"[reward] warning: {warning}")
+    return metrics
 
 
 def run(cfg: RewardConfig) -> dict[str, Any]:
@@ -393,6 +455,7 @@ def run(cfg: RewardConfig) -> dict[str, Any]:
     elapsed = time.perf_counter() - t_start
     evaluated = [k for k in summary if k == "before" or k.startswith(("step_", "epoch_"))]
     summary["after"] = evaluate("final") if last_eval != step else summary[evaluated[-1]]
+    summary["after"] = {**summary["after"], **policy_check(cfg, engine, tokenizer, logger, step)}
     which = ra.stats_reference if evals else "train_chosen"
     ref = evals if which != "train_chosen" else train[:TRAIN_REFERENCE_CAP]
     stats = reference_stats(engine.module, ref, which, eval_bs, pad_id, dist)

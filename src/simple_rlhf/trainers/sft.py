@@ -4,7 +4,9 @@ Variant: next-token cross-entropy on response tokens only (prompt tokens masked;
 trains on the whole text), EOS appended to every demonstration, loss normalised by the number of
 response tokens in the whole optimiser step (so batch 8 x accumulation 1 equals batch 2 x
 accumulation 4). Evaluates loss/perplexity before training, after each epoch and every
-``--eval-steps``; on the tiny task also the gold reward of greedy answers to held-out prompts.
+``--eval-steps``, and answers held-out prompts greedily, scored by ``--eval-reward-funcs`` (the
+tiny task's gold reward on ``tiny``). Decides how prompts are rendered (``--prompt-format``) and
+saves that with the model.
 
 One CPU, tiny default (about a minute)::
 
@@ -37,8 +39,10 @@ from typing import Any
 import torch
 
 from simple_rlhf.config import (
+    ConfigError,
     DataArgs,
     DistArgs,
+    HeldoutArgs,
     LogArgs,
     LoraArgs,
     ModelArgs,
@@ -48,6 +52,8 @@ from simple_rlhf.config import (
 )
 from simple_rlhf.data.errors import DataError
 from simple_rlhf.data.pipeline import load_encoded
+from simple_rlhf.data.prompt_format import decide as decide_format
+from simple_rlhf.data.prompt_format import get_format, glued_fraction
 from simple_rlhf.data.tokenize import IGNORE_INDEX, collate_sft
 from simple_rlhf.infra.checkpoint import latest_checkpoint
 from simple_rlhf.infra.dist_checkpoint import load_checkpoint, save_checkpoint
@@ -61,12 +67,27 @@ from simple_rlhf.trainers import common
 
 
 @dataclasses.dataclass(frozen=True)
-class SFTEvalArgs:
-    """Extra evaluation for SFT."""
+class SFTArgs:
+    """How the model's prompts are rendered: decided here from the data, saved with the model
+    (``prompt_format`` in tokenizer_config.json) and read by every later command."""
 
-    gold_eval_prompts: int = fld(
-        64, "held-out tiny-task prompts answered greedily to measure the gold reward (0: off)"
+    prompt_format: str = fld(
+        "auto",
+        "chat (chat template; plain-string prompts become user messages), raw (plain text + "
+        "--raw-separator) or auto (the model's own if it has one and the data fits it, else "
+        "the data's: message lists -> chat, strings -> raw)",
     )
+    raw_separator: str = fld(
+        "",
+        "text put between a plain-string prompt and its response (e.g. '\\n'); default none: "
+        "they are joined as they are, as in TRL and DeepSpeed-Chat",
+    )
+
+    def __post_init__(self) -> None:
+        if self.prompt_format not in ("auto", "chat", "raw"):
+            raise ConfigError(
+                f"prompt_format: {self.prompt_format!r} is not one of auto, chat, raw"
+            )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,7 +101,8 @@ class SFTConfig:
     )
     lora: LoraArgs = section(LoraArgs)
     log: LogArgs = section(lambda: LogArgs(output_dir="outputs/sft"))
-    sft: SFTEvalArgs = section(SFTEvalArgs)
+    sft: SFTArgs = section(SFTArgs)
+    heldout: HeldoutArgs = section(HeldoutArgs)
     dist: DistArgs = section(DistArgs)
 
 
@@ -119,20 +141,27 @@ def evaluate_loss(
     return {"eval/loss": loss, "eval/perplexity": math.exp(min(loss, 50.0))}
 
 
-def gold_eval(model: Any, tokenizer: Any, n_prompts: int, seed: int = 0) -> dict[str, float]:
-    """Gold reward of greedy answers to held-out tiny-task prompts (tiny task only)."""
-    from simple_rlhf.rollout.evaluate import evaluate_gold
-
-    return evaluate_gold(model, tokenizer, n_prompts=n_prompts, seed=seed)
-
-
 def logger_last(summary: dict[str, Any]) -> dict[str, float]:
     """The most recent evaluation recorded in the summary."""
     return summary[list(summary)[-1]]
 
 
-def uses_tiny_task(cfg: SFTConfig) -> bool:
-    return "tiny" in cfg.data.data_path
+def decide_prompt_format(tokenizer: Any, records: list[Any], args: SFTArgs) -> str:
+    """Decide (and store with the tokenizer) how prompts are rendered, from the training
+    records; the returned line says what was decided, and warns when plain prompts and responses
+    run into each other (``'...is 2+2' + '4'``)."""
+    prompts = [r.prompt for r in records]
+    note = decide_format(tokenizer, prompts, args.prompt_format, args.raw_separator)
+    fmt = get_format(tokenizer)
+    if fmt is not None and fmt.kind == "raw":
+        glued = glued_fraction(((r.prompt, r.response) for r in records), fmt.separator)
+        if glued > 0.5:
+            note += (
+                f"; note: {glued:.0%} of the plain-string records join a word at the end of the "
+                "prompt directly to a word at the start of the response (no space, newline or "
+                "punctuation between them): consider --raw-separator ' ' or '\\n'"
+            )
+    return note
 
 
 def run(cfg: SFTConfig) -> dict[str, Any]:
@@ -142,12 +171,21 @@ def run(cfg: SFTConfig) -> dict[str, Any]:
     set_seed(cfg.optim.seed)  # the same on every rank: model and LoRA initialisation agree
     out_dir = cfg.log.output_dir
     with dist.main_first():  # the node's main rank builds the tiny model / data cache first
+        cfg = dataclasses.replace(cfg, model=common.fit_tiny_to_data(cfg.model, cfg.data, "sft"))
         tokenizer = load_tokenizer(
             cfg.model.tokenizer_name_or_path or cfg.model.model_name_or_path,
             trust_remote_code=cfg.model.trust_remote_code,
         )
-        train, train_stats = load_encoded(tokenizer, cfg.data, "sft", step=1, split="train")
+        notes: list[str] = []
+
+        def decide_format(records: list[Any]) -> None:
+            notes.append(decide_prompt_format(tokenizer, records, cfg.sft))
+
+        train, train_stats = load_encoded(
+            tokenizer, cfg.data, "sft", step=1, split="train", prepare=decide_format
+        )
         evals, _ = load_encoded(tokenizer, cfg.data, "sft", step=1, split="eval")
+    heldout = common.heldout_evaluator(cfg, tokenizer)
     if not train:
         raise DataError("no training examples left after length filtering: raise --max-seq-len")
     plan = dist.plan(cfg.optim, cfg.model.dtype)  # before loading: ZeRO-3 partitions at load
@@ -177,6 +215,8 @@ def run(cfg: SFTConfig) -> dict[str, Any]:
         f"{o.per_device_train_batch_size * dist.world_size * o.gradient_accumulation_steps} "
         "examples"
     )
+    for line in [*notes, heldout.describe()]:
+        logger.print(f"[sft] {line}")
     step, epoch, skip = 0, 0, 0
     ckpt = latest_checkpoint(out_dir) if cfg.log.resume else None
     if ckpt is not None:
@@ -187,14 +227,10 @@ def run(cfg: SFTConfig) -> dict[str, Any]:
     pad_id = tokenizer.pad_token_id
     bs, eval_bs = o.per_device_train_batch_size, o.per_device_eval_batch_size
     summary: dict[str, Any] = {"train_examples": len(train), "eval_examples": len(evals)}
-    tiny = uses_tiny_task(cfg) and cfg.sft.gold_eval_prompts > 0
 
     def evaluate(tag: str) -> dict[str, float]:
         metrics = evaluate_loss(engine.module, evals, eval_bs, pad_id, dist) if evals else {}
-        if tiny:  # generation: rank 0 alone (ZeRO-3: every rank, parameters gathered)
-            metrics.update(
-                engine.on_main(lambda m: gold_eval(m, tokenizer, cfg.sft.gold_eval_prompts))
-            )
+        metrics.update(common.heldout_metrics(engine, heldout, tokenizer, logger))
         logger.log(metrics, step)
         logger.print(f"[sft] eval ({tag}, step {step}): {format_metrics(metrics)}")
         return metrics
