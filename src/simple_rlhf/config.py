@@ -494,6 +494,11 @@ class HeldoutArgs:
     eval_max_new_tokens: int | None = fld(
         None, "tokens generated per held-out answer (default: the run's max_new_tokens, or 64)"
     )
+    save_best: bool = fld(
+        False,
+        "save the model of the evaluation with the best held-out reward (eval/gold_greedy), "
+        "not the last one (summary.json says which)",
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -511,6 +516,11 @@ class OptimArgs:
     num_warmup_steps: int = fld(0, "warm-up optimiser steps (overrides warmup_ratio if > 0)")
     warmup_ratio: float = fld(0.03, "warm-up as a fraction of all optimiser steps")
     num_train_epochs: int = fld(1, "passes over the training data")
+    min_train_steps: int = fld(
+        0,
+        "train at least this many optimiser steps: small data sets get more passes than "
+        "num_train_epochs (0: off; max_steps, when set, wins)",
+    )
     max_steps: int | None = fld(None, "stop after this many optimiser steps (None: run all epochs)")
     per_device_train_batch_size: int = fld(8, "examples per device per micro-batch")
     per_device_eval_batch_size: int = fld(16, "examples per device per evaluation batch")

@@ -63,6 +63,7 @@ RANGES: dict[str, Range] = {
     "warmup_ratio": UNIT,
     "num_train_epochs": AT_LEAST_1,
     "max_steps": AT_LEAST_1,
+    "min_train_steps": NONNEG,
     "per_device_train_batch_size": AT_LEAST_1,
     "per_device_eval_batch_size": AT_LEAST_1,
     "gradient_accumulation_steps": AT_LEAST_1,

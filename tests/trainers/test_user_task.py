@@ -216,3 +216,31 @@ def test_signal_and_preflight_notes(tiny_base):
     assert len(notes) == 1 and "2 of 2 prompts are plain strings" in notes[0]
     tok.init_kwargs["prompt_format"] = {"kind": "chat"}
     assert ol.preflight_notes(tok, [{"prompt": "What is 1 + 1?"}]) == []
+
+
+def test_save_best_keeps_the_best_held_out_model(user_sft, task, tmp_path, capsys):
+    """``--save-best``: the saved model is the evaluation with the best held-out reward, not the
+    last (a learning rate that wrecks the model), and summary.json says which; ``eval`` of the
+    saved folder gives that reward again."""
+    rc = main(
+        ["sft", "--model-name-or-path", str(user_sft), "--data-path", str(task / "sft.jsonl")]
+        + ["--max-steps", "4", "--learning-rate", "0.5", "--eval-steps", "2", "--save-best"]
+        + ["--eval-prompts", str(task / "heldout.jsonl"), "--eval-reward-funcs", reward_spec(task)]
+        + ["--output-dir", str(tmp_path), *QUIET]
+    )
+    assert rc == 0
+    s = summary(tmp_path)
+    best = s["best"]
+    assert best["metric"] == "eval/gold_greedy"
+    evaluated = [
+        v["eval/gold_greedy"] for k, v in s.items() if k == "before" or k.startswith("step_")
+    ]
+    assert best["value"] == max(evaluated)
+    assert not (tmp_path / "best").exists()
+    # lr 0.5: the last model is worse than the best one, so evaluating the saved folder tells
+    # which of the two was saved
+    assert s["after"]["eval/gold_greedy"] < best["value"]
+    capsys.readouterr()
+    main(["eval", "--models", str(tmp_path), "--prompts-file", str(task / "heldout.jsonl")]
+         + ["--n-prompts", "16", "--reward-funcs", reward_spec(task)])  # fmt: skip
+    assert f"mean reward {best['value']:.3f}" in capsys.readouterr().out

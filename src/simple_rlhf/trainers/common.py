@@ -244,6 +244,61 @@ def heldout_metrics(engine: Any, evaluator: Any, tokenizer: Any, logger: Any) ->
     return engine.on_main(lambda m: evaluator(m, tokenizer, log=logger.print))
 
 
+class BestKeeper:
+    """``--save-best``: at each evaluation, the model is written to ``<output_dir>/best`` when its
+    held-out reward (``eval/gold_greedy``) beats every earlier one; :meth:`restore`, after the final
+    save, puts those weights in the output folder instead of the last ones. ``save(folder)`` is
+    the trainer's own HF save (every rank calls it)."""
+
+    METRIC = "eval/gold_greedy"
+
+    def __init__(self, cfg: Any, save: Any, logger: Any, tag: str, dist: Any = None) -> None:
+        self.enabled = bool(getattr(cfg.heldout, "save_best", False))
+        self.dist = dist
+        self.folder = Path(cfg.log.output_dir) / "best"
+        self.save, self.logger, self.tag = save, logger, tag
+        self.best: dict[str, Any] | None = None
+        if self.enabled and cfg.heldout.gold_eval_prompts <= 0:
+            raise ConfigError("save_best: needs the held-out evaluation (gold_eval_prompts > 0)")
+
+    def update(self, metrics: dict[str, float], step: int) -> None:
+        if not self.enabled:
+            return
+        value = metrics.get(self.METRIC)
+        if self.dist is not None and self.dist.initialized:  # rank 0's value decides, everywhere
+            main = self.dist.is_main and value is not None
+            total, n = self.dist.all_reduce_sum([float(value) if main else 0.0, float(main)])
+            value = total if n else None
+        if value is None:
+            return
+        if self.best is not None and value <= self.best["value"]:
+            return
+        self.best = {"metric": self.METRIC, "value": float(value), "step": step}
+        self.save(self.folder)
+        self.logger.print(f"[{self.tag}] best held-out reward so far ({value:.4f}): saved")
+
+    def restore(self, summary: dict[str, Any]) -> None:
+        """Replace the saved weights of the output folder with the best ones (rank 0 writes)."""
+        import shutil
+
+        if not self.enabled or self.best is None:
+            return
+        if self.dist is not None and not self.dist.is_main:
+            return
+        out = self.folder.parent
+        for f in self.folder.iterdir():
+            if f.is_file() and f.name != "summary.json":
+                shutil.copy2(f, out / f.name)
+        shutil.rmtree(self.folder, ignore_errors=True)
+        self.logger.print(
+            f"[{self.tag}] --save-best: the saved model is the one of step {self.best['step']} "
+            f"({self.METRIC} {self.best['value']:.4f})"
+        )
+
+    def describe(self) -> dict[str, Any] | None:
+        return dict(self.best) if self.best else None
+
+
 def log_eval(
     logger: Any, tag: str, name: str, step: int, metrics: dict[str, float]
 ) -> dict[str, float]:
@@ -283,11 +338,13 @@ def finish_training(
 
 def total_training_steps(optim: Any, n_examples: int, world_size: int = 1) -> int:
     """``max_steps``, else epochs x optimiser steps per epoch for global batches of
-    ``per_device_train_batch_size x world_size`` examples (see :func:`steps_per_epoch`)."""
+    ``per_device_train_batch_size x world_size`` examples (see :func:`steps_per_epoch`), and at
+    least ``min_train_steps`` (more passes over a small data set)."""
     per_epoch = steps_per_epoch(
         n_examples, optim.per_device_train_batch_size, optim.gradient_accumulation_steps, world_size
     )
-    return optim.max_steps or per_epoch * optim.num_train_epochs
+    min_steps = getattr(optim, "min_train_steps", 0)
+    return optim.max_steps or max(per_epoch * optim.num_train_epochs, min_steps)
 
 
 # Options a resumed run may change freely: where and how often it logs, evaluates and saves, and

@@ -457,9 +457,14 @@ def run(cfg: Any) -> dict[str, Any]:
     # several processes: every rank evaluates the same prompts (ZeRO-3 forwards are collective)
     evaluate_all = ol.make_evaluator(tag, policy, tokenizer, reward, cfg, logger)
 
+    save = ol.policy_saver(cfg, policy, setup.engine if multi else None, tokenizer)
+    best = common.BestKeeper(cfg, save, logger, tag, dist)
+
     def evaluate(when: str, at: int) -> dict[str, float]:
         with gen_ctx():
-            return evaluate_all(when, at)
+            metrics = evaluate_all(when, at)
+        best.update(metrics, at)
+        return metrics
 
     summary: dict[str, Any] = {}
     if step == 0:
@@ -530,4 +535,7 @@ def run(cfg: Any) -> dict[str, Any]:
             od.save(cfg, step, setup, dist)
 
     ol.finish_summary(summary, evaluate, step, last_eval, metrics, SHOWN)
-    return od.finish(cfg, setup, dist, tokenizer, summary, logger, tag)
+    summary["best"] = best.describe()
+    od.finish(cfg, setup, dist, tokenizer, summary, logger, tag)
+    best.restore(summary)
+    return summary

@@ -604,6 +604,17 @@ def report_rollout(
         logger.print(f"[{tag}] warning (rollout {step}): {w}")
 
 
+def policy_saver(cfg: Any, policy: Any, engine: Any, tokenizer: Any) -> Callable[[Any], None]:
+    """``save(folder)`` of the policy as an HF folder: the plain module alone, the engine's
+    (rank 0, gathered under ZeRO-3; every rank calls it) with several processes."""
+    from simple_rlhf.infra.checkpoint import save_hf_model
+
+    merge = cfg.lora.merge_lora
+    if engine is not None:
+        return lambda folder: engine.save_hf(tokenizer, folder, merge_lora=merge)
+    return lambda folder: save_hf_model(policy, tokenizer, folder, merge_lora=merge)
+
+
 def finish_summary(
     summary: dict[str, Any],
     evaluate: Callable[[str, int], dict[str, float]],

@@ -358,9 +358,14 @@ def run(cfg: PPOConfig) -> dict[str, Any]:
     # several processes: every rank evaluates the same prompts (ZeRO-3 forwards are collective)
     evaluate_all = ol.make_evaluator("ppo", actor, tokenizer, reward, cfg, logger)
 
+    save = ol.policy_saver(cfg, actor, md.engines["actor"] if multi else None, tokenizer)
+    best = common.BestKeeper(cfg, save, logger, "ppo", dist)
+
     def evaluate(when: str, at: int) -> dict[str, float]:
         with gen_ctx():
-            return evaluate_all(when, at)
+            metrics = evaluate_all(when, at)
+        best.update(metrics, at)
+        return metrics
 
     summary: dict[str, Any] = {"batch_plan": dataclasses.asdict(plan)}
     if step == 0:
@@ -464,13 +469,15 @@ def run(cfg: PPOConfig) -> dict[str, Any]:
                 ema.model, tokenizer, f"{out_dir}/actor_ema", merge_lora=cfg.lora.merge_lora
             )
         dist.barrier()
+    summary["best"] = best.describe()
     if not multi:
         save_hf_model(critic, tokenizer, f"{out_dir}/critic")
         logger.print(f"[ppo] saved the critic to {out_dir}/critic")
-        return common.finish_training(actor, tokenizer, cfg, summary, logger, "ppo")
-    summary["world_size"] = dist.world_size
-    md.engines["critic"].save_hf(tokenizer, f"{out_dir}/critic")  # rank 0, gathered if ZeRO-3
-    logger.print(f"[ppo] saved the critic to {out_dir}/critic")
-    return common.finish_engine_training(
-        md.engines["actor"], tokenizer, cfg, summary, logger, "ppo"
-    )
+        common.finish_training(actor, tokenizer, cfg, summary, logger, "ppo")
+    else:
+        summary["world_size"] = dist.world_size
+        md.engines["critic"].save_hf(tokenizer, f"{out_dir}/critic")  # rank 0, gathered if ZeRO-3
+        logger.print(f"[ppo] saved the critic to {out_dir}/critic")
+        common.finish_engine_training(md.engines["actor"], tokenizer, cfg, summary, logger, "ppo")
+    best.restore(summary)
+    return summary

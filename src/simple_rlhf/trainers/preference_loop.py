@@ -65,9 +65,14 @@ class PreferenceTrainArgs:
 
 
 def optim_defaults(**kw: Any) -> Callable[[], OptimArgs]:
-    """Factory of the preference trainers' ``optim`` section: 1 epoch of batch 16 with a linear
-    schedule, plus ``kw`` (e.g. the method's learning rate)."""
-    base = {"num_train_epochs": 1, "per_device_train_batch_size": 16, "lr_scheduler_type": "linear"}
+    """Factory of the preference trainers' ``optim`` section: 1 epoch (at least 250 steps) of
+    batch 16 with a linear schedule, plus ``kw`` (e.g. the method's learning rate)."""
+    base = {
+        "num_train_epochs": 1,
+        "min_train_steps": 250,  # a small file gets more than one pass (the tiny task: 250 steps)
+        "per_device_train_batch_size": 16,
+        "lr_scheduler_type": "linear",
+    }
     return lambda: OptimArgs(**{**base, **kw})
 
 
@@ -259,9 +264,15 @@ def fit(
         state.update(saved.get("method_state", {}))
         logger.print(f"[{tag}] resumed from {ckpt} at step {step}")
     summary: dict[str, Any] = {"train_examples": len(train)}
+    merge = cfg.lora.merge_lora
+    best = common.BestKeeper(
+        cfg, lambda d: engine.save_hf(tokenizer, d, merge_lora=merge), logger, tag, dist
+    )
 
     def run_eval(name: str) -> dict[str, float]:
-        return common.log_eval(logger, tag, name, step, evaluate())
+        metrics = common.log_eval(logger, tag, name, step, evaluate())
+        best.update(metrics, step)
+        return metrics
 
     if step == 0:
         summary["before"] = common.remember_before(cfg, run_eval("before training"))
@@ -330,6 +341,9 @@ def fit(
             "train_seconds": round(elapsed, 2),
             "samples_per_s": round(samples_seen / max(elapsed, 1e-9), 2),
             "method_state": state,
+            "best": best.describe(),
         }
     )
-    return common.finish_engine_training(engine, tokenizer, cfg, summary, logger, tag)
+    common.finish_engine_training(engine, tokenizer, cfg, summary, logger, tag)
+    best.restore(summary)
+    return summary

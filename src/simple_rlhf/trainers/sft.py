@@ -97,7 +97,12 @@ class SFTConfig:
     model: ModelArgs = section(ModelArgs)
     data: DataArgs = section(DataArgs)
     optim: OptimArgs = section(
-        lambda: OptimArgs(learning_rate=3e-3, num_train_epochs=6, per_device_train_batch_size=16)
+        lambda: OptimArgs(
+            learning_rate=3e-3,
+            num_train_epochs=6,
+            min_train_steps=1500,
+            per_device_train_batch_size=16,
+        )
     )
     lora: LoraArgs = section(LoraArgs)
     log: LogArgs = section(lambda: LogArgs(output_dir="outputs/sft"))
@@ -228,9 +233,15 @@ def run(cfg: SFTConfig) -> dict[str, Any]:
     bs, eval_bs = o.per_device_train_batch_size, o.per_device_eval_batch_size
     summary: dict[str, Any] = {"train_examples": len(train), "eval_examples": len(evals)}
 
+    merge = cfg.lora.merge_lora
+    best = common.BestKeeper(
+        cfg, lambda d: engine.save_hf(tokenizer, d, merge_lora=merge), logger, "sft", dist
+    )
+
     def evaluate(tag: str) -> dict[str, float]:
         metrics = evaluate_loss(engine.module, evals, eval_bs, pad_id, dist) if evals else {}
         metrics.update(common.heldout_metrics(engine, heldout, tokenizer, logger))
+        best.update(metrics, step)
         logger.log(metrics, step)
         logger.print(f"[sft] eval ({tag}, step {step}): {format_metrics(metrics)}")
         return metrics
@@ -307,11 +318,13 @@ def run(cfg: SFTConfig) -> dict[str, Any]:
             "train_seconds": round(elapsed, 2),
             "tokens_per_s": round(tokens_seen / max(elapsed, 1e-9), 1),
             "samples_per_s": round(samples_seen / max(elapsed, 1e-9), 2),
+            "best": best.describe(),
         }
     )
     engine.save_hf(
         tokenizer, out_dir, merge_lora=cfg.lora.merge_lora, extra_json={"summary.json": summary}
     )
     logger.print(f"[sft] saved model to {out_dir} ({elapsed:.1f}s of training)")
+    best.restore(summary)
     logger.close()
     return summary
