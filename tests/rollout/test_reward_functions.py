@@ -65,3 +65,19 @@ def test_builtins_are_registered_and_errors_name_them():
     assert total == pytest.approx([1.0 - 0.01 + 2.0])
     with pytest.raises(RuntimeError, match="'math_exact_match' raised ValueError"):
         reward.evaluate(["q"], ["\\boxed{5}"])
+
+
+def test_a_function_without_kwargs_gets_only_the_columns_it_names():
+    """Issue 16: the data's other columns (e.g. an SFT file's ``response``) are not forced on a
+    reward function that does not take ``**kwargs``."""
+    from simple_rlhf.rollout.rewards import call_reward
+
+    def exact(prompts, completions, answer):
+        return [float(c == a) for c, a in zip(completions, answer, strict=True)]
+
+    def bare(prompts, completions):
+        return [1.0 for _ in completions]
+
+    cols = {"answer": ["4", "5"], "response": ["x", "y"]}
+    assert call_reward("exact", exact, ["a", "b"], ["4", "6"], **cols) == [1.0, 0.0]
+    assert call_reward("bare", bare, ["a", "b"], ["4", "6"], **cols) == [1.0, 1.0]

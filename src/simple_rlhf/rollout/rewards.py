@@ -130,6 +130,24 @@ def load_reward_function(spec: str | RewardFn) -> RewardFn:
     return _import_attr(module, attr, spec)
 
 
+def _accepted(fn: RewardFn, fields: dict[str, Any]) -> dict[str, Any]:
+    """The data columns ``fn`` can take: all of them when it has ``**kwargs``, else only those
+    named in its signature (a ``def reward(prompts, completions, answer)`` is not handed the
+    data's other columns)."""
+    import inspect
+
+    if not fields:
+        return fields
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        return fields
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
+        return fields
+    names = {p.name for p in params if p.kind is not inspect.Parameter.VAR_POSITIONAL}
+    return {k: v for k, v in fields.items() if k in names}
+
+
 def call_reward(
     name: str, fn: RewardFn, prompts: Sequence[Any], responses: Sequence[str], **fields: Any
 ) -> list[float]:
@@ -138,6 +156,7 @@ def call_reward(
     Raises :class:`RewardFunctionError` naming ``name`` if it raises or returns the wrong length or
     type (a bool counts as 0/1).
     """
+    fields = _accepted(fn, fields)
     try:
         out = fn(list(prompts), list(responses), **fields)
     except RewardFunctionError:
