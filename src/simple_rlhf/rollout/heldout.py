@@ -29,8 +29,7 @@ from simple_rlhf.rollout.rewards import (
     RewardFn,
     RewardModelSource,
     call_reward,
-    load_reward_function,
-    reward_name,
+    named_functions,
 )
 
 TINY_REWARD = "tiny_gold"
@@ -129,12 +128,12 @@ def build_heldout(
 ) -> HeldoutEvaluator:
     """The evaluator a trainer's ``heldout`` section asks for (empty when
     ``gold_eval_prompts`` is 0 or there are no held-out prompts)."""
-    funcs = [f for f in heldout.eval_reward_funcs if not (isinstance(f, str) and f == "none")]
+    funcs = list(heldout.eval_reward_funcs)
     if not heldout.eval_reward_funcs:  # default: the run's own functions, or tiny_gold on tiny
         funcs = list(run_reward_funcs)
         if not funcs and list(data_args.data_path) == ["tiny"]:
             funcs = [TINY_REWARD]
-    functions = _named([(reward_name(f), load_reward_function(f)) for f in funcs])
+    functions = named_functions(funcs)
     prompts = heldout_prompts(heldout.eval_prompts, data_args, heldout.gold_eval_prompts)
     rm = None
     if heldout.eval_reward_model and len(prompts):
@@ -151,17 +150,6 @@ def build_heldout(
         heldout.pass_threshold,
         heldout.eval_max_new_tokens or max_new_tokens or DEFAULT_MAX_NEW_TOKENS,
     )
-
-
-def _named(items: list[tuple[str, RewardFn]]) -> list[tuple[str, RewardFn]]:
-    """Distinct names (``f``, ``f_2``, ...)."""
-    out: list[tuple[str, RewardFn]] = []
-    for name, fn in items:
-        base, k = name, 2
-        while any(n == name for n, _ in out):
-            name, k = f"{base}_{k}", k + 1
-        out.append((name, fn))
-    return out
 
 
 NEAR_CHANCE = (

@@ -80,6 +80,29 @@ def reward_name(spec: str | RewardFn) -> str:
     return spec.rsplit(":", 1)[-1] if ":" in spec else spec
 
 
+def reward_function_names(funcs: Sequence[Any]) -> list[Any]:
+    """Configured reward functions (specs or Python callables) without the placeholder ``none``
+    (an empty flag is [])."""
+    return [f for f in funcs if not (isinstance(f, str) and f.lower() == "none")]
+
+
+def named_functions(
+    specs: Sequence[str | RewardFn], taken: Sequence[str] = ()
+) -> list[tuple[str, RewardFn]]:
+    """Each spec loaded (:func:`load_reward_function`) under a distinct name (``f``, ``f_2``,
+    ...; also distinct from ``taken``), ``none`` placeholders dropped."""
+    out: list[tuple[str, RewardFn]] = []
+    used = list(taken)
+    for spec in reward_function_names(specs):
+        name = base = reward_name(spec)
+        k = 2
+        while name in used:
+            name, k = f"{base}_{k}", k + 1
+        used.append(name)
+        out.append((name, load_reward_function(spec)))
+    return out
+
+
 def load_reward_function(spec: str | RewardFn) -> RewardFn:
     """A reward function from a built-in name, ``"pkg.module:function"`` or ``"file.py:function"``.
 
@@ -318,12 +341,7 @@ def build_reward(
             trust_remote_code=trust_remote_code,
         )
         sources.append(("rm", rm))
-    for spec in reward_funcs:
-        name = reward_name(spec)
-        base, k = name, 2
-        while any(n == name for n, _ in sources):
-            name, k = f"{base}_{k}", k + 1
-        sources.append((name, load_reward_function(spec)))
+    sources += named_functions(reward_funcs, taken=[n for n, _ in sources])
     return CombinedReward(sources, weights)
 
 

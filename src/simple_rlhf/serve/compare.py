@@ -89,10 +89,10 @@ def _user_text(prompt: Any) -> str:
 
 
 def _reward_functions(cfg: CompareConfig) -> list[tuple[str, Any]]:
-    from simple_rlhf.rollout.rewards import load_reward_function, reward_name
+    from simple_rlhf.rollout.rewards import named_functions
 
     funcs = list(cfg.reward_funcs) or (["tiny_gold"] if cfg.prompts_file is None else [])
-    return [(reward_name(f), load_reward_function(f)) for f in funcs]
+    return named_functions(funcs)
 
 
 def run(cfg: CompareConfig) -> list[dict[str, Any]]:

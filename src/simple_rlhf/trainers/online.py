@@ -43,6 +43,7 @@ from simple_rlhf.rollout.rewards import (
     call_reward,
     fields_to_columns,
     load_reward_function,
+    reward_function_names,
     reward_name,
 )
 from simple_rlhf.trainers import common
@@ -64,12 +65,6 @@ class OnlineMonitorArgs:
     kl_warn: float = fld(10.0, "warn when the KL per response exceeds this")
     entropy_warn: float = fld(0.05, "warn when the mean token entropy falls below this")
     eos_rate_warn: float = fld(0.5, "warn when the EOS rate falls below this")
-
-
-def reward_function_names(funcs: Sequence[Any]) -> list[Any]:
-    """The configured reward functions (specs or Python callables) without the placeholder
-    ``none`` (an empty flag is [])."""
-    return [f for f in funcs if not (isinstance(f, str) and f.lower() == "none")]
 
 
 def check_reward_sources(reward_model: str | None, reward: Any) -> None:
