@@ -103,7 +103,8 @@ def tiny_sft(tiny_base: Path, session_dir: Path) -> Path:
             "progress_bar": False,
             "gold_eval_prompts": 32,
             "max_eval_samples": 64,
-            "min_train_steps": 0,  # 6 epochs (750 steps): the model the learning bounds assume
+            "min_train_steps": 0,  # 6 epochs (750 steps) at lr 3e-3 (the defaults before
+            "learning_rate": 3e-3,  # session 6): the model the learning bounds assume
         },
     )
     run(cfg)

@@ -24,7 +24,7 @@ def parse(argv):
 
 def test_stage_defaults_and_flat_flags():
     cfg = parse([])
-    assert cfg.optim.learning_rate == 3e-3  # SFT's own default for the tiny model
+    assert cfg.optim.learning_rate == 1e-3  # SFT's own default for the tiny model
     cfg = parse(
         ["--learning-rate", "1e-4", "--per_device_train_batch_size", "4", "--lora-dim", "8"]
     )

@@ -28,7 +28,7 @@ def test_changed_training_options_stop_the_resume_with_a_list(tmp_path, tiny_bas
     changed = ["--learning-rate", "0.01", "--per-device-train-batch-size", "8", "--max-steps", "4"]
     assert main(_flags(tiny_base, out, *changed)) == 2
     err = capsys.readouterr().err
-    assert "optim.learning_rate: 0.003 -> 0.01" in err
+    assert "optim.learning_rate: 0.001 -> 0.01" in err
     assert "optim.per_device_train_batch_size: 4 -> 8" in err
     assert "max_steps" not in err and "--resume-with-changes" in err and "Traceback" not in err
     assert (out / "run_config.yaml").read_text() == saved  # still the checkpoint's settings

@@ -75,6 +75,11 @@ def test_sft_on_user_files_evaluates_held_out_with_the_users_reward(user_sft):
     colour_tok = AutoTokenizer.from_pretrained(ensure_tiny())
     text = "How much is 14 plus 32?\n"
     assert len(tok(text)["input_ids"]) < len(colour_tok(text)["input_ids"])
+    # numbers are spelt digit by digit (with whole numbers as tokens the model cannot add numbers
+    # it has not seen), and text round-trips exactly
+    pieces = tok.convert_ids_to_tokens(tok(text, add_special_tokens=False)["input_ids"])
+    assert "1" in pieces and "4" in pieces and not any("14" in p or "32" in p for p in pieces)
+    assert tok.decode(tok(text, add_special_tokens=False)["input_ids"]) == text
     assert get_format(tok).kind == "raw"
 
 

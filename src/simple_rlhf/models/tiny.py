@@ -71,22 +71,35 @@ def _atomic_build(target: Path, build) -> Path:
 
 
 # A tokenizer trained on the user's own data gets a somewhat larger vocabulary (byte-level BPE needs
-# about two merges per Chinese character).
+# about two merges per Chinese character) and spells numbers digit by digit, as the Llama and Qwen
+# tokenizers do: with whole numbers as tokens ("41", " 38") a small model cannot learn arithmetic on
+# numbers it has not seen (measured on the suite's `add` task: benchmarks/generalization_results.md).
 DATA_VOCAB_SIZE = 1024
+DATA_TOKENIZER_VERSION = (
+    "data2"  # the folder prefix; bumped when the data tokenizer's recipe changes
+)
 
 
 def build_tiny_tokenizer(
-    out_dir: Path, corpus: Sequence[str] | None = None, vocab_size: int = 768
+    out_dir: Path,
+    corpus: Sequence[str] | None = None,
+    vocab_size: int = 768,
+    split_digits: bool = False,
 ) -> None:
     """Train a byte-level BPE tokenizer on ``corpus`` (default: the tiny task's text) and save it
-    as an HF tokenizer with the tiny chat template."""
+    as an HF tokenizer with the tiny chat template; ``split_digits``: every digit its own token."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
     from simple_rlhf.data.tiny_task import tokenizer_corpus
 
     tok = Tokenizer(models.BPE(unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.pre_tokenizer = (
+        pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True), byte_level])
+        if split_digits
+        else byte_level
+    )
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
@@ -138,14 +151,16 @@ def ensure_tiny(corpus: Sequence[str] | None = None) -> Path:
     """Build (once) and return the folder of the tiny base model (tokenizer saved beside it).
 
     With ``corpus`` (the texts of the user's data), the tokenizer is trained on that text instead
-    of the colour task's (``DATA_VOCAB_SIZE`` tokens), so a task of one's own is not spelt out
-    byte by byte; the folder is ``tiny-v1/data-<hash of the corpus>``."""
+    of the colour task's (``DATA_VOCAB_SIZE`` tokens, digits split), so a task of one's own is not
+    spelt out byte by byte; the folder is ``tiny-v1/data2-<hash of the corpus>``."""
     root = tiny_dir()
     if corpus is not None:
         texts = list(corpus)
         key = hashlib.sha256("\x00".join(texts).encode()).hexdigest()[:16]
-        root = root / f"data-{key}"
-        build = functools.partial(build_tiny_tokenizer, corpus=texts, vocab_size=DATA_VOCAB_SIZE)
+        root = root / f"{DATA_TOKENIZER_VERSION}-{key}"
+        build = functools.partial(
+            build_tiny_tokenizer, corpus=texts, vocab_size=DATA_VOCAB_SIZE, split_digits=True
+        )
         tok_dir = _atomic_build(root / "tokenizer", build)
     else:
         tok_dir = _atomic_build(root / "tokenizer", build_tiny_tokenizer)

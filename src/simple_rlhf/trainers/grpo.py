@@ -167,9 +167,9 @@ class GroupBatchArgs:
     num_generations: int = fld(8, "K: responses sampled per prompt (a group)")
     num_iterations: int = fld(1, "mu: passes over each rollout buffer (importance ratios vs old)")
     num_rollouts: int | None = fld(
-        30,
-        "rollouts to run, at most max_steps if that is set (None: max_steps rollouts, else "
-        "num_train_epochs over the prompts)",
+        250,
+        "rollouts to run (250: two passes over 1,000 prompts of 8 x 8), at most max_steps if that "
+        "is set (None: max_steps rollouts, else num_train_epochs over the prompts)",
     )
     forward_batch_size: int = fld(32, "rows per no-grad forward (old/reference logprobs)")
 
@@ -214,7 +214,7 @@ def _stage_config(name: str, estimator: str, kl_mode: str, aggregation: str, kl_
         )
         optim: OptimArgs = section(
             lambda: OptimArgs(
-                learning_rate=2e-4,
+                learning_rate=5e-5,
                 lr_scheduler_type="constant",
                 warmup_ratio=0.0,
                 per_device_train_batch_size=32,

@@ -108,7 +108,7 @@ class KTOConfig:
 
     model: ModelArgs = section(ModelArgs)
     data: DataArgs = section(DataArgs)
-    optim: OptimArgs = section(optim_defaults(learning_rate=1e-4))
+    optim: OptimArgs = section(optim_defaults(learning_rate=2e-5, min_train_steps=0))
     lora: LoraArgs = section(LoraArgs)
     log: LogArgs = section(lambda: LogArgs(output_dir="outputs/kto"))
     train: PreferenceTrainArgs = section(PreferenceTrainArgs)

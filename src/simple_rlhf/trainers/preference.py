@@ -118,7 +118,11 @@ def _check_smoothing(eps: float) -> None:
 class DPOArgs:
     """DPO and its pairwise loss family (losses/dpo.py)."""
 
-    beta: float = fld(0.1, "β: strength of the implicit KL to the reference (IPO: τ)")
+    beta: float | None = fld(
+        None,
+        "β: strength of the implicit KL to the reference (IPO: τ; default 0.1, 0.5 for ipo alone: "
+        "IPO's target margin 1/(2τ) is on per-token average log-ratios)",
+    )
     loss_type: list[str] = fld(
         ["sigmoid"],
         f"one or several of {', '.join(DPO_LOSSES)} (several are summed with loss_weights)",
@@ -133,10 +137,22 @@ class DPOArgs:
     precompute_ref_log_probs: bool = fld(
         False, "compute reference log-probs in one pass before training (then free the reference)"
     )
-    rpo_alpha: float = fld(0.0, "RPO: weight of the NLL of the chosen answers (0: off)")
+    rpo_alpha: float = fld(
+        1.0,
+        "RPO: weight of the chosen answers' per-token NLL (0: the paper's plain DPO; the default 1 "
+        "keeps the chosen answers' likelihood from falling with the rejected ones')",
+    )
+
+    @property
+    def beta_value(self) -> float:
+        """``beta``, or its default for the loss types: 0.5 for ``ipo`` alone, else 0.1."""
+        if self.beta is not None:
+            return self.beta
+        return 0.5 if list(self.loss_type) == ["ipo"] else 0.1
 
     def __post_init__(self) -> None:
-        _check_beta(self.beta)
+        if self.beta is not None:
+            _check_beta(self.beta)
         _check_smoothing(self.label_smoothing)
         if not self.loss_type:
             raise ConfigError("loss_type: name at least one loss")
@@ -212,7 +228,7 @@ class DPOConfig:
 
     model: ModelArgs = section(ModelArgs)
     data: DataArgs = section(DataArgs)
-    optim: OptimArgs = section(optim_defaults(learning_rate=1e-4))
+    optim: OptimArgs = section(optim_defaults(learning_rate=3e-5))
     lora: LoraArgs = section(LoraArgs)
     log: LogArgs = section(lambda: LogArgs(output_dir="outputs/dpo"))
     train: PreferenceTrainArgs = section(PreferenceTrainArgs)
@@ -227,7 +243,7 @@ class SimPOConfig:
 
     model: ModelArgs = section(ModelArgs)
     data: DataArgs = section(DataArgs)
-    optim: OptimArgs = section(optim_defaults(learning_rate=1e-4))
+    optim: OptimArgs = section(optim_defaults(learning_rate=5e-6))
     lora: LoraArgs = section(LoraArgs)
     log: LogArgs = section(lambda: LogArgs(output_dir="outputs/simpo"))
     train: PreferenceTrainArgs = section(PreferenceTrainArgs)
@@ -257,7 +273,7 @@ class ORPOConfig:
 
     model: ModelArgs = section(ModelArgs)
     data: DataArgs = section(DataArgs)
-    optim: OptimArgs = section(optim_defaults(learning_rate=1e-3))
+    optim: OptimArgs = section(optim_defaults(learning_rate=3e-4))
     lora: LoraArgs = section(LoraArgs)
     log: LogArgs = section(lambda: LogArgs(output_dir="outputs/orpo"))
     train: PreferenceTrainArgs = section(PreferenceTrainArgs)
@@ -280,8 +296,9 @@ def chosen_nll(chosen: SeqLogps) -> torch.Tensor:
 def dpo_objective(
     a: DPOArgs, policy: SeqLogps, ref: SeqLogps | None, state: dict, training: bool
 ) -> tuple[torch.Tensor, Metrics]:
-    """``sum_k w_k dpo_loss_k (+ rpo_alpha · NLL(chosen))``; each type gets the log-probs its paper
-    uses (averaged for IPO). Reward metrics are those of the first loss type."""
+    """``sum_k w_k dpo_loss_k (+ rpo_alpha · mean over pairs of the chosen answer's per-token NLL)``;
+    each type gets the log-probs its paper uses (averaged for IPO). Reward metrics are those of the
+    first loss type."""
     pc, pr = policy.halves()
     rc, rr = ref.halves() if ref is not None else (None, None)
     weights = a.loss_weights or [1.0] * len(a.loss_type)
@@ -293,7 +310,7 @@ def dpo_objective(
             pr.pick(avg),
             rc.pick(avg) if rc is not None else None,
             rr.pick(avg) if rr is not None else None,
-            beta=a.beta,
+            beta=a.beta_value,
             loss_type=name,
             label_smoothing=a.label_smoothing,
             reference_free=a.reference_free,
@@ -305,8 +322,8 @@ def dpo_objective(
             metrics[f"loss/{name}"] = term.detach()
         if "bco/reward_mean" in m:  # the loop's update_bco_delta keeps BCO's running mean δ
             metrics["bco/reward_mean"] = m["bco/reward_mean"]
-    if a.rpo_alpha:
-        nll = chosen_nll(pc)
+    if a.rpo_alpha:  # RPO (Pang et al. 2024): the chosen answers' length-normalised NLL, a mean
+        nll = -pc.avg_logps.mean()  # over pairs, so 2 ranks x 4 pairs equal 1 process x 8
         loss = loss + a.rpo_alpha * nll
         metrics["nll"] = nll.detach()
     return loss, metrics

@@ -98,7 +98,7 @@ class SFTConfig:
     data: DataArgs = section(DataArgs)
     optim: OptimArgs = section(
         lambda: OptimArgs(
-            learning_rate=3e-3,
+            learning_rate=1e-3,
             num_train_epochs=6,
             min_train_steps=1500,
             per_device_train_batch_size=16,
