@@ -75,9 +75,8 @@ def _atomic_build(target: Path, build) -> Path:
 # tokenizers do: with whole numbers as tokens ("41", " 38") a small model cannot learn arithmetic on
 # numbers it has not seen (measured on the suite's `add` task: benchmarks/generalization_results.md).
 DATA_VOCAB_SIZE = 1024
-DATA_TOKENIZER_VERSION = (
-    "data2"  # the folder prefix; bumped when the data tokenizer's recipe changes
-)
+# The cache folder's prefix, bumped when the data tokenizer's recipe changes.
+DATA_TOKENIZER_VERSION = "data2"
 
 
 def build_tiny_tokenizer(
