@@ -1,7 +1,10 @@
 """The one generation engine: prompts (token ids) in, a :class:`Rollout` out.
 
 Knows nothing about trainers. Used by PPO, GRPO/RLOO/REINFORCE++, GKD's on-policy batches,
-rejection sampling, evaluation and chat. Built on HF ``generate`` with the KV cache:
+rejection sampling, evaluation and chat. Two backends behind one interface (``--generation-backend``):
+``fast`` (default), the lean decode loop of :mod:`simple_rlhf.rollout.decode`, and ``hf``,
+transformers' ``generate`` (used anyway where the fast loop does not apply: a streamer, sliding-window
+models, ZeRO-3 across processes). Both:
 
 * prompts are left-padded so every row's last prompt token sits in the same column;
 * sampling settings (temperature, top-p, top-k, max new tokens) come from :class:`SamplingArgs`;
@@ -21,9 +24,13 @@ import torch
 
 from simple_rlhf.config import ConfigError, fld
 from simple_rlhf.infra.guard import check_finite_logits
+from simple_rlhf.rollout.decode import decode, fast_path_supported
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
+
+
+GENERATION_BACKENDS = ("fast", "hf")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,8 +42,18 @@ class SamplingArgs:
     top_p: float = fld(1.0, "nucleus sampling: keep the smallest token set with this mass")
     top_k: int = fld(0, "keep only the k most likely tokens (0: off)")
     generation_batch_size: int = fld(64, "prompts per generate() call")
+    generation_backend: str = fld(
+        "fast",
+        "'fast': the lean decode loop of rollout/decode.py (preallocated KV cache, finished rows "
+        "leave the batch; greedy identical to HF generate); 'hf': transformers' generate",
+    )
 
     def __post_init__(self) -> None:
+        if self.generation_backend not in GENERATION_BACKENDS:
+            raise ConfigError(
+                f"generation_backend: {self.generation_backend!r} is not one of "
+                f"{', '.join(GENERATION_BACKENDS)}"
+            )
         if self.max_new_tokens < 1:
             raise ConfigError("max_new_tokens: must be >= 1")
         if self.temperature < 0:
@@ -202,6 +219,7 @@ def generate(
     else:
         kwargs.update(temperature=None, top_p=None, top_k=None)
     kwargs.update(NEUTRAL_GENERATION)
+    fast = sampling.generation_backend == "fast" and fast_path_supported(model, streamer) is None
     parts: list[Rollout] = []
     try:
         bs = sampling.generation_batch_size
@@ -209,8 +227,17 @@ def generate(
             chunk = prompts[start : start + bs]
             ids, mask = left_pad(chunk, pad_id)
             ids, mask = ids.to(device), mask.to(device)
-            out = model.generate(input_ids=ids, attention_mask=mask, streamer=streamer, **kwargs)
-            resp = out[:, ids.shape[1] :]
+            if fast:
+                resp = decode(
+                    model, ids, mask, max_new_tokens=sampling.max_new_tokens, eos_ids=eos,
+                    pad_id=pad_id, temperature=sampling.temperature, top_k=sampling.top_k,
+                    top_p=sampling.top_p,
+                )  # fmt: skip
+            else:
+                out = model.generate(
+                    input_ids=ids, attention_mask=mask, streamer=streamer, **kwargs
+                )
+                resp = out[:, ids.shape[1] :]
             if resp.shape[1] == 0:  # nothing generated (max_new_tokens reached instantly)
                 resp = torch.full((len(chunk), 1), pad_id, dtype=torch.long, device=device)
             resp, rmask, has_eos = truncate_after_eos(resp, eos, pad_id)
