@@ -527,8 +527,16 @@ class OptimArgs:
     gradient_accumulation_steps: int = fld(1, "micro-batches accumulated per optimiser step")
     max_grad_norm: float = fld(1.0, "clip the global gradient norm to this (0: no clipping)")
     seed: int = fld(1234, "random seed (model init, dropout, sampling, shuffling)")
+    optim: str = fld(
+        "adamw_torch_fused",
+        "optimiser: 'adamw_torch_fused' (torch AdamW's fused kernel where the parameters allow "
+        "it: float32/bfloat16/float16 on CPU or CUDA; else the loop below) or 'adamw_torch' (the "
+        "per-parameter loop)",
+    )
 
     def __post_init__(self) -> None:
+        if self.optim not in OPTIMIZERS:
+            raise ConfigError(f"optim: {self.optim!r} is not one of {', '.join(OPTIMIZERS)}")
         for name in ("per_device_train_batch_size", "per_device_eval_batch_size"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name}: must be >= 1")
@@ -541,6 +549,9 @@ class OptimArgs:
             raise ConfigError(
                 f"lr_scheduler_type: {self.lr_scheduler_type!r} is not one of {', '.join(schedules)}"
             )
+
+
+OPTIMIZERS = ("adamw_torch_fused", "adamw_torch")
 
 
 @dataclasses.dataclass(frozen=True)

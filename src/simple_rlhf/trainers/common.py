@@ -36,8 +36,27 @@ def build_optimizer(model: torch.nn.Module, optim: Any, lora: Any | None = None)
         )
     if not params:
         raise ValueError("the model has no trainable parameters")
+    fused = getattr(optim, "optim", "adamw_torch") == "adamw_torch_fused" and fused_adamw_ok(
+        [p for g in params for p in g["params"]]
+    )
     return torch.optim.AdamW(
-        params, betas=(optim.adam_beta1, optim.adam_beta2), eps=optim.adam_epsilon
+        params,
+        betas=(optim.adam_beta1, optim.adam_beta2),
+        eps=optim.adam_epsilon,
+        **({"fused": True} if fused else {}),
+    )
+
+
+FUSED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
+
+def fused_adamw_ok(params: Sequence[torch.nn.Parameter]) -> bool:
+    """torch's fused AdamW kernel takes floating tensors on one CPU or CUDA device."""
+    devices = {p.device.type for p in params}
+    return (
+        len(devices) == 1
+        and devices <= {"cpu", "cuda"}
+        and all(p.dtype in FUSED_DTYPES for p in params)
     )
 
 
