@@ -4,6 +4,7 @@ timing, saving the run's config. Each trainer keeps its own visible loop."""
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import random
@@ -60,16 +61,36 @@ def fused_adamw_ok(params: Sequence[torch.nn.Parameter]) -> bool:
     )
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, optim: Any, total_steps: int):
-    """The named schedule with warm-up (``num_warmup_steps`` or ``warmup_ratio`` of the total)."""
-    from transformers import get_scheduler
+def lr_factor(kind: str, step: int, warmup: int, total: int) -> float:
+    """The learning-rate multiplier at optimiser step ``step``: a linear warm-up from 0 over
+    ``warmup`` steps, then 1 (``constant_with_warmup``), a linear decay to 0 at ``total``
+    (``linear``) or half a cosine down to 0 at ``total`` (``cosine``); ``constant`` is 1 from
+    the start. The formulas of transformers' schedules of the same names."""
+    if kind == "constant":
+        return 1.0
+    if step < warmup:
+        return step / max(1, warmup)
+    if kind == "constant_with_warmup":
+        return 1.0
+    rest = max(1, total - warmup)
+    if kind == "linear":
+        return max(0.0, (total - step) / rest)
+    if kind == "cosine":
+        progress = (step - warmup) / rest
+        # half a cosine cycle, in the order transformers computes it (the same floats)
+        return max(0.0, 0.5 * (1.0 + math.cos(math.pi * 0.5 * 2.0 * progress)))
+    raise ConfigError(f"lr_scheduler_type: {kind!r} is not a known schedule")
 
+
+def build_scheduler(optimizer: torch.optim.Optimizer, optim: Any, total_steps: int):
+    """The named schedule with warm-up (``num_warmup_steps`` or ``warmup_ratio`` of the total),
+    as a torch ``LambdaLR`` (built here: transformers' ``get_scheduler`` imports its Trainer
+    utilities, and with them peft and bitsandbytes, ~1 s of every run's start-up)."""
     warmup = optim.num_warmup_steps or math.ceil(optim.warmup_ratio * total_steps)
-    return get_scheduler(
-        optim.lr_scheduler_type,
-        optimizer,
-        num_warmup_steps=warmup,
-        num_training_steps=max(total_steps, 1),
+    kind, total = optim.lr_scheduler_type, max(total_steps, 1)
+    lr_factor(kind, 0, warmup, total)  # an unknown name fails here, before training
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, functools.partial(lr_factor, kind, warmup=warmup, total=total)
     )
 
 
