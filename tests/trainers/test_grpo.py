@@ -220,6 +220,10 @@ def test_rloo_and_reinforce_short_runs_log_diagnostics(tiny_sft, tmp_path):
     assert rows[0]["objective/kl"] == 0.0  # policy == reference at the first rollout
     assert rows[0]["reward/tiny_gold_mean"] == pytest.approx(rows[0]["reward/raw_score_mean"])
     assert rows[0]["rollout/groups_dropped"] == 4 * rows[0]["rollout/zero_adv_group_frac"]
+    # rollout speed: the 16 responses' tokens over the generate(-and-decode) time
+    tokens = 16 * rows[0]["rollout/response_len"]
+    speed = rows[0]["perf/generate_tokens_per_s"]
+    assert speed == pytest.approx(tokens / rows[0]["time/generate_s"], rel=0.02)
     over = {"num_generations": 1, "kl_mode": "none", "per_device_train_batch_size": 4}
     s = run(load(ReinforceConfig, **short(tiny_sft, tmp_path / "rpp", **over)))
     assert s["rollouts"] == 2

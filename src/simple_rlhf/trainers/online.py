@@ -17,6 +17,7 @@ REINFORCE++ (``trainers/grpo.py``). Each trainer keeps its own visible loop and 
 from __future__ import annotations
 
 import dataclasses
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
@@ -237,12 +238,16 @@ def sample_and_score(
     timer: common.Timer,
 ) -> tuple[Rollout, list[str], torch.Tensor, dict[str, float]]:
     """Generate one response per row (``cfg.sampling``), decode, score: ``(rollout, texts,
-    scores [B], reward metrics)``, with ``--missing-eos-penalty`` then ``--reward-clip``."""
+    scores [B], reward metrics)``, with ``--missing-eos-penalty`` then ``--reward-clip``; the
+    metrics include ``perf/generate_tokens_per_s`` (response tokens over the generate-and-decode
+    time, this process's)."""
+    start = time.perf_counter()
     with timer("generate"):
         rollout = generate(
             policy, tokenizer, [r["prompt_ids"] for r in rows], cfg.sampling, seed=seed
         )
         texts = decode_responses(tokenizer, rollout)
+    gen_tokens_per_s = float(rollout.response_mask.sum()) / max(time.perf_counter() - start, 1e-9)
     with timer("score"):
         scores, metrics = xp.score_responses(
             reward,
@@ -253,7 +258,7 @@ def sample_and_score(
             missing_eos_penalty=cfg.reward.missing_eos_penalty,
             clip=cfg.reward.reward_clip,
         )
-    return rollout, texts, scores, metrics
+    return rollout, texts, scores, {**metrics, "perf/generate_tokens_per_s": gen_tokens_per_s}
 
 
 def old_and_reference_logprobs(
