@@ -256,3 +256,36 @@ def test_max_steps_caps_the_rollouts():
     assert num_rollouts(load(GRPOConfig, max_steps=1), 100) == 1
     assert num_rollouts(load(GRPOConfig, max_steps=50, num_rollouts=4), 100) == 4
     assert num_rollouts(load(GRPOConfig, num_rollouts=None, max_steps=7), 100) == 7
+
+
+def test_old_logprob_forward_is_needed_only_when_the_policy_can_have_moved():
+    from simple_rlhf.trainers.online import old_logprobs_needed
+
+    assert not old_logprobs_needed(1, 32, 32, use_reference=False)  # one step uses the rollout
+    assert old_logprobs_needed(2, 32, 32, use_reference=False)  # a second pass: policy moved
+    assert old_logprobs_needed(1, 64, 32, use_reference=False)  # a second minibatch: moved
+    assert old_logprobs_needed(1, 32, 32, use_reference=True)  # the KL needs the old values
+
+
+@pytest.mark.slow
+def test_skipping_the_old_logprob_forward_changes_nothing(tiny_sft, tmp_path, monkeypatch):
+    """One rollout of 16 consumed by one optimiser step with the KL off: the run skips the no-grad
+    "old" forward (ratio = exp(lp - lp.detach())). Forcing that forward gives the same weights
+    (atol 1e-6), loss and gradient norm, and the same entropy (reported from the training forward
+    when skipped)."""
+    from safetensors.torch import load_file
+
+    from simple_rlhf.trainers import online
+
+    over = {"num_rollouts": 1, "per_device_train_batch_size": 16, "kl_mode": "none"}
+    run(load(GRPOConfig, **short(tiny_sft, tmp_path / "skip", **over)))
+    monkeypatch.setattr(online, "old_logprobs_needed", lambda *a, **k: True)
+    run(load(GRPOConfig, **short(tiny_sft, tmp_path / "full", **over)))
+    skip, full = (read_jsonl(tmp_path / d / "metrics.jsonl")[0] for d in ("skip", "full"))
+    assert skip["train/optimizer_steps"] == full["train/optimizer_steps"] == 1
+    assert skip["policy/grad_norm"] > 0.01
+    for key in ("policy/loss", "policy/grad_norm", "policy/entropy", "reward/score_mean"):
+        assert skip[key] == pytest.approx(full[key], rel=1e-4, abs=1e-6), key
+    a, b = (load_file(str(tmp_path / d / "model.safetensors")) for d in ("skip", "full"))
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6, msg=k)

@@ -304,8 +304,11 @@ def filter_groups(scores: torch.Tensor, group_size: int) -> tuple[list[int], int
     return rows, int(equal.sum())
 
 
-def loss_spec(rl: CriticFreeArgs, agg_constant: float | None) -> PolicyLossSpec:
-    """The policy loss of the critic-free trainers: the k3 KL in the loss only in ``loss`` mode."""
+def loss_spec(
+    rl: CriticFreeArgs, agg_constant: float | None, old_from_current: bool = False
+) -> PolicyLossSpec:
+    """The policy loss of the critic-free trainers: the k3 KL in the loss only in ``loss`` mode;
+    ``old_from_current``: the rollout carries no old logprobs (``ol.old_logprobs_needed``)."""
     return PolicyLossSpec(
         aggregation=rl.loss_aggregation,
         clip_low=rl.clip_range,
@@ -314,6 +317,7 @@ def loss_spec(rl: CriticFreeArgs, agg_constant: float | None) -> PolicyLossSpec:
         kl_coef=rl.kl_coef if rl.kl_mode == "loss" else 0.0,
         kl_estimator="k3",
         mask_truncated=rl.mask_truncated,
+        old_from_current=old_from_current,
     )
 
 
@@ -328,6 +332,7 @@ def minibatch_step(
     agg_constant: float | None,
     max_grad_norm: float,
     guard: NonFiniteGuard | None = None,
+    old_from_current: bool = False,
 ) -> dict[str, float]:
     """One optimiser step over ``mb`` accumulated over micro-batches of ``micro_size`` rows.
 
@@ -335,11 +340,23 @@ def minibatch_step(
     each micro-batch loss is weighted by ``xp.micro_batch_weight`` so the step equals one over the
     whole minibatch (for every aggregation). The caller steps the schedule.
     """
-    spec = loss_spec(rl, agg_constant)
+    spec = loss_spec(rl, agg_constant, old_from_current)
     acc = policy_backward(model, mb, micro_size, spec, temperature=temperature)
     guard = guard if guard is not None else NonFiniteGuard("policy")
     acc["policy/grad_norm"] = guarded_step(model, optimizer, None, max_grad_norm, guard)
     return acc
+
+
+def needs_old_logprobs(cfg: Any, minibatch: int) -> bool:
+    """``ol.old_logprobs_needed`` for this run: one pass whose one minibatch holds the whole
+    rollout, and no reference KL, skip the old-logprob forward."""
+    r = cfg.rl
+    return ol.old_logprobs_needed(
+        cfg.batch.num_iterations,
+        cfg.batch.prompts_per_rollout * cfg.batch.num_generations,
+        minibatch,
+        use_reference=r.kl_mode != "none" and r.kl_coef > 0,
+    )
 
 
 def update(
@@ -362,6 +379,7 @@ def update(
     world = dist.world_size if dist is not None else 1
     mini = o.per_device_train_batch_size * o.gradient_accumulation_steps * world
     constant = float(cfg.sampling.max_new_tokens)
+    reuse = not needs_old_logprobs(cfg, mini)
     totals: dict[str, float] = {}
     n = 0
     learner.model.train()
@@ -371,7 +389,7 @@ def update(
                 mb, norm_mb = od.rank_slice(exp, idx, dist)
                 m = policy_backward(
                     learner.model, mb, o.per_device_train_batch_size,
-                    loss_spec(cfg.rl, constant), temperature=temperature, learner=learner,
+                    loss_spec(cfg.rl, constant, reuse), temperature=temperature, learner=learner,
                     norm_mb=norm_mb, scale=float(world),
                 )  # fmt: skip
                 m["policy/grad_norm"] = learner.step()  # clip, step, schedule (global norm)
@@ -379,7 +397,7 @@ def update(
                 m = minibatch_step(
                     learner.model, learner.optimizer, exp.index(idx), o.per_device_train_batch_size,
                     cfg.rl, temperature=temperature, agg_constant=constant,
-                    max_grad_norm=o.max_grad_norm, guard=learner.guard,
+                    max_grad_norm=o.max_grad_norm, guard=learner.guard, old_from_current=reuse,
                 )  # fmt: skip
                 learner.scheduler.step()
             ol.accumulate(totals, m)
@@ -431,6 +449,7 @@ def run(cfg: Any) -> dict[str, Any]:
     n_rollouts = num_rollouts(cfg, len(prompts))
     mini = o.per_device_train_batch_size * o.gradient_accumulation_steps * dist.world_size
     per_rollout = cfg.batch.num_iterations * cfg.batch.prompts_per_rollout * k // mini
+    need_old = needs_old_logprobs(cfg, mini)
     setup = od.setup_policy(cfg, tokenizer, dist, n_rollouts * per_rollout, use_reference=use_ref)
     policy, learner, reward = setup.policy, setup.learner, setup.reward
     logger = common.start_logger(cfg, dist, n_rollouts)  # writes on rank 0 only
@@ -447,6 +466,7 @@ def run(cfg: Any) -> dict[str, Any]:
         f"{cfg.batch.num_iterations} pass(es) in minibatches of {mini}"
         + (f" ({dist.world_size} processes)" if multi else "")
         + f" = up to {per_rollout} optimiser steps; {n_rollouts} rollouts"
+        + ("" if need_old else "; old logprobs: the training forward's (one step a rollout, no KL)")
     )
     state = od.resume(cfg, setup, dist)
     step = state["step"] if state else 0
@@ -480,7 +500,7 @@ def run(cfg: Any) -> dict[str, Any]:
         rows = ol.rollout_rows(dist.shard(next(stream)), k)
         g = od.sample_rollout(
             setup, tokenizer, rows, cfg, dist, seed=o.seed * 100003 + step, timer=timer,
-            temperature=temperature, use_reference=use_ref,
+            temperature=temperature, use_reference=use_ref, need_old=need_old,
         )  # fmt: skip
         rollout, scores = g.rollout, g.scores  # the global batch
         if not explained_signal:
@@ -501,7 +521,8 @@ def run(cfg: Any) -> dict[str, Any]:
                 gamma=r.gamma,
                 whiten_advantages=r.whiten_advantages,
             )
-            e_metrics["policy/entropy"] = g.entropy
+            if g.entropy is not None:  # else the update reports it from its forward
+                e_metrics["policy/entropy"] = g.entropy
             n_groups = len(rollout) // k
             keep, n_dropped = filter_groups(scores, k) if k > 1 else (list(range(len(exp))), 0)
             e_metrics["rollout/zero_adv_group_frac"] = n_dropped / n_groups if k > 1 else 0.0

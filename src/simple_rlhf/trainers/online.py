@@ -269,12 +269,18 @@ def old_and_reference_logprobs(
     temperature: float,
     batch_size: int,
     use_reference: bool = True,
-) -> tuple[torch.Tensor, torch.Tensor, float]:
+    need_old: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor, float | None]:
     """``(old logprobs [B, R], reference logprobs [B, R], mean token entropy)``, no grad.
 
     Without ``use_reference`` (KL off) the reference logprobs are the old ones (KL = 0) and the
-    reference forward is skipped.
+    reference forward is skipped. Without ``need_old`` (:func:`old_logprobs_needed`; KL off) no
+    forward runs at all: both are zeros (KL = 0) and the entropy is ``None`` (the update reports
+    it from the training forward).
     """
+    if not need_old:
+        zeros = torch.zeros(rollout.response_ids.shape, device=rollout.response_ids.device)
+        return zeros, zeros, None
     old_lp, entropy = xp.compute_logprobs(
         policy, rollout, temperature=temperature, batch_size=batch_size, with_entropy=True
     )
@@ -353,6 +359,20 @@ class PolicyLossSpec:
     kl_coef: float = 0.0
     kl_estimator: str = "k3"
     mask_truncated: bool = False
+    # the rollout's "old" logprobs were not computed (see :func:`old_logprobs_needed`): the
+    # ratio's denominator is the training forward's own logprobs, detached, and the token-mean
+    # entropy is reported from that forward (``policy/entropy``)
+    old_from_current: bool = False
+
+
+def old_logprobs_needed(
+    num_iterations: int, buffer: int, minibatch: int, use_reference: bool
+) -> bool:
+    """Whether a rollout needs its own no-grad "old" logprob forward. Not when one optimiser step
+    consumes the whole buffer (one pass, one minibatch) with no reference KL: the policy is then
+    unchanged between sampling and that step and dropout is off (:func:`load_policy`), so the
+    old logprobs equal the training forward's (ratio 1) and the KL needs no old values."""
+    return num_iterations > 1 or buffer > minibatch or use_reference
 
 
 def loss_mask(exp: xp.Experience, mask_truncated: bool) -> torch.Tensor:
@@ -397,12 +417,14 @@ def policy_backward(
     for j, micro in enumerate(steps):
         mask = loss_mask(micro, spec.mask_truncated)
         w = xp.micro_batch_weight(agg, mask, mb_mask)
+        want_entropy = spec.entropy_coef > 0 or spec.old_from_current
         logprobs, entropy = xp.policy_logprobs(
-            model, micro.rollout, temperature=temperature, with_entropy=spec.entropy_coef > 0
+            model, micro.rollout, temperature=temperature, with_entropy=want_entropy
         )
+        old = logprobs.detach() if spec.old_from_current else micro.old_logprobs
         loss, m = policy_loss(
             logprobs,
-            micro.old_logprobs,
+            old,
             micro.advantages,
             mask,
             clip_low=spec.clip_low,
@@ -411,7 +433,11 @@ def policy_backward(
             aggregation=agg,
             agg_constant=spec.agg_constant,
         )
-        if entropy is not None:
+        if spec.old_from_current:  # the token mean over the global minibatch's responses
+            tokens = (norm_mb if norm_mb is not None else mb).rollout.response_mask.sum()
+            h = (entropy.detach() * micro.rollout.response_mask).sum() / tokens.clamp(min=1)
+            accumulate(acc, {"policy/entropy": h})
+        if entropy is not None and spec.entropy_coef > 0:
             ent = aggregate(entropy, mask, agg, spec.agg_constant)
             loss = loss - spec.entropy_coef * ent
             m["policy/entropy_loss"] = ent.detach()

@@ -209,7 +209,7 @@ class GlobalRollout:
     old_lp: torch.Tensor
     ref_lp: torch.Tensor
     scores: torch.Tensor
-    entropy: float
+    entropy: float | None  # None: no old-logprob forward ran (the update reports it)
     r_metrics: dict[str, float]
     texts: list[str]
     local_scores: torch.Tensor
@@ -226,6 +226,7 @@ def sample_rollout(
     timer: common.Timer,
     temperature: float,
     use_reference: bool,
+    need_old: bool = True,
 ) -> GlobalRollout:
     """Generate and score this rank's ``rows`` (seed ``seed + 1_000_003 * rank``; under ZeRO-3
     ``generate`` runs with ``synced_gpus`` until every rank is done), old and reference logprobs
@@ -240,10 +241,12 @@ def sample_rollout(
         old_lp, ref_lp, entropy = ol.old_and_reference_logprobs(
             s.policy, s.ref, rollout, temperature=temperature,
             batch_size=cfg.batch.forward_batch_size, use_reference=use_reference,
+            need_old=need_old,
         )  # fmt: skip
         glob, g_scores = rollout, scores
         if dist.world_size > 1:  # statistics of the global batch: gather it on every rank
-            entropy = global_entropy(dist, entropy, rollout)
+            if entropy is not None:
+                entropy = global_entropy(dist, entropy, rollout)
             r_metrics = dist.mean_metrics(r_metrics)  # equal shards: the global means
             glob, g = gather_rollout(
                 dist, tokenizer.pad_token_id, rollout,
