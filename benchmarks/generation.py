@@ -43,7 +43,8 @@ def load(kind: str, sft: str | None):
     base = str(ensure_tiny())
     tok = load_tokenizer(sft or base)
     if kind == "tiny":
-        return load_causal_lm(sft or base, tok, dropout=0.0).eval(), tok, sft or "tiny (random)"
+        name = "tiny 0.73M, SFT (--sft)" if sft else "tiny 0.73M (random)"
+        return load_causal_lm(sft or base, tok, dropout=0.0).eval(), tok, name
     from transformers import AutoConfig, AutoModelForCausalLM
 
     torch.manual_seed(0)
