@@ -74,7 +74,8 @@ def test_short_run_moves_held_out_preferences(tmp_path, tiny_sft, learning):
     ``β(log π - log π_ref)`` comes to rank held-out chosen answers first (pair margin and accuracy
     both 0 before training, when policy == reference; after, over 5 seeds on 128 pairs: margin
     0.061-0.130, accuracy 0.59-0.70), and desirable examples outscore undesirable ones on held-out
-    unpaired data (margin 0.13-0.30; benchmarks/learning_tests_results.md)."""
+    unpaired data (margin 0.13-0.30; with session 7's fused AdamW step 0.079-0.420, so the bound
+    is 0.04, about half the smallest; benchmarks/learning_tests_results.md)."""
     overrides = {
         **QUIET,
         "model_name_or_path": str(tiny_sft),
@@ -92,7 +93,7 @@ def test_short_run_moves_held_out_preferences(tmp_path, tiny_sft, learning):
     for key, bound in (
         ("eval/pairs/margin", 0.03),
         ("eval/rewards/accuracy", 0.55),
-        ("eval/rewards/margin", 0.07),
+        ("eval/rewards/margin", 0.04),
     ):
         learning.at_least("kto", key, after[key], bound)
     assert math.isfinite(after["eval/kl"]) and after["eval/kl"] >= 0.0

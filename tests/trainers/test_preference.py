@@ -308,7 +308,10 @@ def test_tiny_recipes_and_flags_load():
 # (method, config class, overrides, held-out metric that must grow, by at least); DPO and IPO
 # without the default RPO term (the bounds were measured on the plain losses). Measured on a
 # 2-core machine: dpo margin 0 -> 0.19, ipo 0 -> 0.10, simpo margin +0.34, cpo accuracy +0.11,
-# cpo_simpo margin +0.28, orpo margin +0.13; the bounds are about half of that.
+# cpo_simpo margin +0.28, orpo margin +0.13; the bounds are about half of that. CPO is held to its
+# margin gain (+0.042..+0.094 over 5 seeds in session 7): its accuracy gain on 128 pairs (steps of
+# 1/128) ranged +0.008..+0.195 over 10 seed runs, with the fused AdamW step's rounding alone moving
+# one seed from +0.094 to +0.008.
 LEARNING = [
     ("dpo", DPOConfig, {"rpo_alpha": 0.0}, "eval/rewards/margin", 0.1),
     (
@@ -319,7 +322,7 @@ LEARNING = [
         0.05,
     ),
     ("simpo", SimPOConfig, {}, "eval/rewards/margin", 0.15),
-    ("cpo", CPOConfig, {}, "eval/rewards/accuracy", 0.04),
+    ("cpo", CPOConfig, {}, "eval/rewards/margin", 0.02),
     ("cpo_simpo", CPOConfig, {"loss_type": "simpo", "beta": 2.0}, "eval/rewards/margin", 0.05),
     ("orpo", ORPOConfig, {}, "eval/rewards/margin", 0.02),
 ]
@@ -334,7 +337,7 @@ def test_short_run_moves_held_out_preferences(
     preference metric by the stated amount: the implicit-reward margin (0 before training for the
     reference-based DPO and IPO) or the preference accuracy; accuracy >= 0.6 after. Bounds at
     about half the smallest gain over 5 seeds (benchmarks/learning_tests_results.md: smallest
-    gains dpo 0.22, ipo 0.10, simpo 0.34, cpo 0.08, cpo-simpo 0.11, orpo 0.04; accuracy
+    gains dpo 0.22, ipo 0.10, simpo 0.34, cpo margin 0.04, cpo-simpo 0.11, orpo 0.04; accuracy
     0.68-0.80)."""
     overrides = {
         **QUIET,
