@@ -124,6 +124,8 @@ def tiny_rm(tiny_sft: Path, session_dir: Path) -> Path:
         overrides={
             "model_name_or_path": str(tiny_sft),
             "output_dir": str(out),
+            "kind": "value",  # the scalar-head RM (tests of the likelihood kind: test_reward.py)
+            "learning_rate": 1e-3,
             "max_steps": 300,
             "seed": LEARNING_SEED,
             "report_to": ["none"],

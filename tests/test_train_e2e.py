@@ -43,10 +43,10 @@ def test_three_steps_run_report_and_reuse(tmp_path, tiny_base):
     out = tmp_path / "rlhf"
     res = train(out, "--set", *SHORT)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
-    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+    from transformers import AutoModelForCausalLM
 
     AutoModelForCausalLM.from_pretrained(out / "actor-sft")
-    AutoModelForSequenceClassification.from_pretrained(out / "reward")
+    AutoModelForCausalLM.from_pretrained(out / "reward")  # the default RM kind: likelihood
     AutoModelForCausalLM.from_pretrained(out / "actor-ppo")
     assert (out / "reward" / "reward_stats.json").is_file()
     md = (out / "report.md").read_text()

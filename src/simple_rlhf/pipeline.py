@@ -4,7 +4,8 @@ With no options it runs the offline tiny default end to end and leaves, under ``
 (default ``outputs/rlhf``)::
 
     actor-sft/    step 1: a loadable causal LM (+ logs, metrics.jsonl, summary.json)
-    reward/       step 2: a loadable sequence classifier with reward_stats.json
+    reward/       step 2: the reward model (a causal LM scoring by likelihood, or a sequence
+                  classifier with --set reward.kind=value) with reward_stats.json
     actor-ppo/    step 3: the aligned actor (critic/ beside it)
     report.md     wall time per step, key metrics, plots (report.json, plots/*.png)
 

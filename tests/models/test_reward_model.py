@@ -84,7 +84,7 @@ def test_bos_prepending_tokenizer_and_bos_equal_to_eos(rm, tok, tiny_base):
     )
     assert encode_prompt(tok_bos, PROMPTS[0])[0] == tok_bos.bos_token_id
     scorer = RewardScorer(rm, tok_bos)
-    ids, mask = scorer.encode(PROMPTS, RESPONSES)
+    ids, mask, _ = scorer.encode(PROMPTS, RESPONSES)
     lengths = mask.sum(-1).tolist()
     rows = [ids[i, : lengths[i]].tolist() for i in range(3)]
     assert all(r[0] == tok.bos_token_id and r[-1] == tok.eos_token_id for r in rows)
@@ -151,7 +151,7 @@ def test_save_reload_identical_scores_and_hf_loads_it(rm, tok, tmp_path):
     hf = AutoModelForSequenceClassification.from_pretrained(out).eval()
     cfg = json.loads((out / "config.json").read_text())
     assert hf.config.num_labels == 1 and cfg["pad_token_id"] == tok.pad_token_id
-    ids, mask = reloaded.encode(PROMPTS, RESPONSES)
+    ids, mask, _ = reloaded.encode(PROMPTS, RESPONSES)
     with torch.no_grad():
         logits = hf(input_ids=ids, attention_mask=mask).logits  # [B, 1]
     assert logits.shape == (3, 1)

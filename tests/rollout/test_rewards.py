@@ -159,7 +159,7 @@ def test_reward_model_source_normalises_and_clips(tiny_base, tmp_path):
     prompts = [[{"role": "user", "content": p}] for p in PROMPTS]
     got = src(prompts, RESPONSES)
 
-    ids, mask = src.scorer.encode(prompts, RESPONSES)
+    ids, mask, _ = src.scorer.encode(prompts, RESPONSES)
     last = mask.sum(1) - 1
     assert all(ids[i, last[i]] == tok.eos_token_id for i in range(2))  # read at EOS
     with torch.no_grad():

@@ -1,5 +1,12 @@
-"""Reward models: a backbone plus a scalar head, saved as ``AutoModelForSequenceClassification``
-(``num_labels=1``), scored at the last real token of each sequence.
+"""Reward models, of two kinds (``config.reward_kind``, saved in the folder's ``config.json``):
+
+* ``value``: a backbone plus a scalar head, saved as ``AutoModelForSequenceClassification``
+  (``num_labels=1``), scored at the last real token of each sequence (DeepSpeed-Chat's and TRL's RM);
+* ``likelihood``: a causal LM scoring a response by its summed log-probability
+  ``r(x, y) = sum_t log pi(y_t | x, y_<t)`` (CPO's reference-free implicit reward, Xu et al.
+  2024), trained on pairs with CPO's loss. It starts from what the SFT model already knows: on the
+  suite's tasks the SFT model's own likelihood orders its sampled answers better than a scalar head
+  trained on ~1,000 noisy pairs (benchmarks/generalization_results.md). Saved as a plain causal LM.
 
 ``RewardScorer`` is the read-out every later step uses: it tokenizes (prompt, response) pairs the
 way the data layer does, reads the score at the last real token (EOS) for any padding side, and
@@ -33,6 +40,38 @@ from simple_rlhf.models.loading import (
 from simple_rlhf.models.tiny import resolve
 
 STATS_FILE = "reward_stats.json"
+REWARD_KINDS = ("likelihood", "value")
+KIND_ATTR = "reward_kind"  # the config attribute naming a likelihood RM (absent: value)
+
+
+def reward_kind(model: Any) -> str:
+    """``likelihood`` or ``value`` (the default for any model whose config does not say)."""
+    config = getattr(model, "config", None)
+    return getattr(config, KIND_ATTR, None) or "value"
+
+
+def folder_reward_kind(name_or_path: str) -> str:
+    """The kind a saved reward-model folder declares in its ``config.json`` (``value`` if none)."""
+    p = Path(resolve(name_or_path)) / "config.json"
+    if not p.is_file():
+        return "value"
+    try:
+        return json.loads(p.read_text()).get(KIND_ATTR) or "value"
+    except (OSError, ValueError):
+        return "value"
+
+
+def likelihood_scores(
+    model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor, response_mask: torch.Tensor
+) -> torch.Tensor:
+    """Summed log-probability ``[B]`` (float32) of each row's response tokens
+    (``response_mask[b, t] = 1``), the model called itself (a DDP / DeepSpeed wrapper runs its own
+    forward)."""
+    from simple_rlhf.models.logprobs import causal_lm_logprobs
+
+    logits = forward(model, input_ids, attention_mask).logits
+    lp = causal_lm_logprobs(logits, input_ids)  # [B, T - 1]
+    return (lp * response_mask[:, 1:].to(lp.dtype)).sum(-1)
 
 
 def load_reward_model(
@@ -118,9 +157,17 @@ def init_head(head: torch.nn.Module, std: float, seed: int) -> None:
 
 
 def sequence_scores(
-    model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor
+    model: Any,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    response_mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Raw scores ``[B]`` read at each row's last real token (left or right padding)."""
+    """Raw scores ``[B]``: a value RM's head at each row's last real token (left or right
+    padding), or a likelihood RM's summed log-probability of the ``response_mask`` tokens."""
+    if reward_kind(model) == "likelihood":
+        if response_mask is None:
+            raise ValueError("a likelihood reward model needs the response tokens' mask")
+        return likelihood_scores(model, input_ids, attention_mask, response_mask)
     return last_token_values(token_values(model, input_ids, attention_mask), attention_mask)
 
 
@@ -180,9 +227,16 @@ class RewardScorer:
         if not Path(resolve(path)).exists():
             raise ModelLoadError(f"reward model folder not found: {path}")
         tok = load_tokenizer(path, trust_remote_code=trust_remote_code)
-        model = load_reward_model(
-            path, tok, dtype=dtype, dropout=0.0, trust_remote_code=trust_remote_code
-        )
+        if folder_reward_kind(path) == "likelihood":
+            from simple_rlhf.models.loading import load_causal_lm
+
+            model = load_causal_lm(
+                path, tok, dtype=dtype, dropout=0.0, trust_remote_code=trust_remote_code
+            )
+        else:
+            model = load_reward_model(
+                path, tok, dtype=dtype, dropout=0.0, trust_remote_code=trust_remote_code
+            )
         return cls(
             model,
             tok,
@@ -202,33 +256,49 @@ class RewardScorer:
         return out
 
     @torch.no_grad()
-    def raw_score_ids(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """Raw scores ``[B]`` (float32, on the model's device) of tokenized sequences, in batches."""
+    def raw_score_ids(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        response_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Raw scores ``[B]`` (float32, on the model's device) of tokenized sequences, in batches
+        (``response_mask``: the response tokens, which a likelihood RM needs)."""
         device = next(self.model.parameters()).device
         outs = []
         for s in range(0, input_ids.shape[0], self.batch_size):
             ids = input_ids[s : s + self.batch_size].to(device)
             mask = attention_mask[s : s + self.batch_size].to(device)
-            outs.append(sequence_scores(self.model, ids, mask).float())
+            resp = None if response_mask is None else response_mask[s : s + self.batch_size]
+            outs.append(sequence_scores(self.model, ids, mask, resp).float())
         return torch.cat(outs) if outs else torch.zeros(0)
 
-    def score_ids(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    def score_ids(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        response_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """Post-processed scores ``[B]`` of already tokenized sequences (RM's own tokenizer)."""
-        return self.post_process(self.raw_score_ids(input_ids, attention_mask))
+        return self.post_process(self.raw_score_ids(input_ids, attention_mask, response_mask))
 
     def encode(
         self, prompts: Sequence[Any], responses: Sequence[str]
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Tokenize (prompt, response text) pairs as the data layer does; right-padded."""
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Tokenize (prompt, response text) pairs as the data layer does; right-padded.
+        Returns ``input_ids``, ``attention_mask`` and the response tokens' mask."""
         from simple_rlhf.data.tokenize import encode_prompt, encode_response, pad
 
-        seqs = []
+        seqs, resp_masks = [], []
         for p, r in zip(prompts, responses, strict=True):
             resp = [{"role": "assistant", "content": r}] if isinstance(p, list) else r
-            seqs.append(encode_prompt(self.tokenizer, p) + encode_response(self.tokenizer, p, resp))
+            head = encode_prompt(self.tokenizer, p)
+            body = encode_response(self.tokenizer, p, resp)
+            seqs.append(head + body)
+            resp_masks.append([0] * len(head) + [1] * len(body))
         ids = pad(seqs, self.tokenizer.pad_token_id)
         mask = pad([[1] * len(s) for s in seqs], 0)
-        return ids, mask
+        return ids, mask, pad(resp_masks, 0)
 
     def score(self, prompts: Sequence[Any], responses: Sequence[str], **_: Any) -> list[float]:
         """Reward-source form: ``(prompts, responses, **fields) -> scores``."""
@@ -236,7 +306,7 @@ class RewardScorer:
             raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
         if not prompts:
             return []
-        ids, mask = self.encode(prompts, responses)
-        return self.score_ids(ids, mask).tolist()
+        ids, mask, resp = self.encode(prompts, responses)
+        return self.score_ids(ids, mask, resp).tolist()
 
     __call__ = score

@@ -119,8 +119,8 @@ def score_items(scorer: Any, items: list[dict[str, Any]]) -> list[dict[str, Any]
     pairs = [i for i, it in enumerate(items) if "response2" in it]
     prompts += [items[i]["prompt"] for i in pairs]
     responses += [items[i]["response2"] for i in pairs]
-    ids, mask = scorer.encode(prompts, responses)
-    raw = scorer.raw_score_ids(ids, mask)  # [N + M]
+    ids, mask, resp = scorer.encode(prompts, responses)
+    raw = scorer.raw_score_ids(ids, mask, resp)  # [N + M]
     scores = scorer.post_process(raw).tolist()
     raw = raw.tolist()
     rows = []

@@ -196,7 +196,7 @@ class PPOConfig:
     ppo: PPOLossArgs = section(PPOLossArgs)
     optim: OptimArgs = section(
         lambda: OptimArgs(
-            learning_rate=2e-4,
+            learning_rate=5e-5,
             lr_scheduler_type="constant",
             warmup_ratio=0.0,
             per_device_train_batch_size=8,

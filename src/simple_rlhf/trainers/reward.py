@@ -1,15 +1,28 @@
 """Step 2: reward model (RM) training on preference pairs (prompt, chosen, rejected).
 
-Variant: an ``AutoModelForSequenceClassification`` (``num_labels=1``) built on any HF backbone (the
-tiny base, the SFT model, or a smaller model beside the actor); its score ``r(x, y)`` is the scalar
-head read at the last real token (the EOS every response ends with), for any padding side
-(``models/reward.py::sequence_scores``). A new head is drawn from its own seeded generator. The
-loss is chosen by name (``--loss-type``):
+Two kinds (``--kind``; the folder's ``config.json`` says which, ``models/reward.py``):
 
-- ``pairwise`` (default): Bradley–Terry ``-log σ(r_c - r_r - m) + c · (r_c + r_r)²`` per pair,
-  averaged over the pairs of the optimiser step (``--margin`` m, ``--center-coef`` c);
-- ``dschat``: DeepSpeed-Chat's token-wise loss from the first differing token to the end;
-- ``mixed``: ``pairwise + λ · dschat`` on the same per-token values (``--token-loss-coef`` λ).
+- ``likelihood`` (default): a causal LM (from the SFT model) whose score is its summed
+  log-probability of the response, ``r(x, y) = sum_t log pi(y_t | x, y_<t)`` (CPO's
+  reference-free implicit reward), trained with CPO's loss at beta 1: Bradley–Terry on those sums
+  plus ``--nll-coef`` x the chosen answers' token-mean NLL. The score starts from what the SFT
+  model knows: on the generalization suite's tasks the SFT model's own likelihood orders its
+  sampled answers 0.77 / 0.87 / 0.66 of the time where a scalar head trained on ~1,000 noisy pairs
+  reached 0.54 / 0.74 / 0.75; trained, the likelihood RM reached 0.76 / 0.81 / 0.74 (seed 1234;
+  3 seeds in benchmarks/generalization_results.md) and 0.936 on the tiny task (scalar 0.894).
+  Defaults: lr 1e-4, one epoch (a few seconds on 1,000 pairs).
+- ``value``: an ``AutoModelForSequenceClassification`` (``num_labels=1``), DeepSpeed-Chat's and
+  TRL's RM, built on any HF backbone (the tiny base, the SFT model, or a smaller model beside the
+  actor); its score is the scalar head read at the last real token (the EOS every response ends
+  with), for any padding side (``models/reward.py::sequence_scores``). A new head is drawn from its
+  own seeded generator. Train it at ``--learning-rate 1e-3 --num-train-epochs 6`` on the tiny
+  task (configs/tiny/reward_value.yaml). Its loss is chosen by name (``--loss-type``):
+
+  - ``pairwise`` (default): Bradley–Terry ``-log σ(r_c - r_r - m) + c · (r_c + r_r)²`` per pair,
+    averaged over the pairs of the optimiser step (``--margin`` m, ``--center-coef`` c; also for
+    the likelihood kind);
+  - ``dschat``: DeepSpeed-Chat's token-wise loss from the first differing token to the end;
+  - ``mixed``: ``pairwise + λ · dschat`` on the same per-token values (``--token-loss-coef`` λ).
 
 Chosen and rejected go through one forward pass (``[2B, T]``, chosen rows first) called on the
 DDP / DeepSpeed wrapper. Pairs come from step 2 of the ``--data-split``; too-long pairs are
@@ -23,9 +36,9 @@ After training the mean and std of the raw scores on a reference set (held-out c
 default, ``--stats-reference``) go to ``reward_stats.json`` beside the model; ``RewardScorer``
 applies them (``(r - mean) / std``) when step 3 scores rollouts.
 
-One CPU, tiny default from the SFT model (6 epochs of 250 steps of 16 pairs; 4-20 minutes with
-one thread depending on the machine's load). Measured on the 200 held-out pairs (29 labels
-flipped, so 0.855 is the accuracy ceiling; benchmarks/reward_results.md), seeds 1234 / 2::
+The value kind on one CPU, tiny task, from the SFT model (6 epochs of 250 steps of 16 pairs; 4-20
+minutes with one thread depending on the machine's load). Measured on the 200 held-out pairs (29
+labels flipped, so 0.855 is the accuracy ceiling; benchmarks/reward_results.md), seeds 1234 / 2::
 
     loss      accuracy       gold-order accuracy  Spearman(score, gold)
     pairwise  0.835 / 0.795  0.94 / 0.89          0.59 / 0.47  (default)
@@ -64,10 +77,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Callable, Sequence
 from typing import Any
-
-import torch
 
 from simple_rlhf.config import (
     ConfigError,
@@ -85,26 +95,32 @@ from simple_rlhf.data.errors import DataError
 from simple_rlhf.data.pipeline import load_encoded
 from simple_rlhf.infra.checkpoint import latest_checkpoint
 from simple_rlhf.infra.dist_checkpoint import load_checkpoint, save_checkpoint
-from simple_rlhf.infra.distributed import Dist, init_distributed
+from simple_rlhf.infra.distributed import init_distributed
 from simple_rlhf.infra.logging import format_metrics
 from simple_rlhf.infra.seed import set_seed
 from simple_rlhf.losses.reward import (
     REWARD_LOSS_NAMES,
-    dschat_pairwise_loss,
-    last_token_values,
-    pairwise_loss,
 )
-from simple_rlhf.models.loading import load_tokenizer
+from simple_rlhf.models.loading import load_causal_lm, load_tokenizer
 from simple_rlhf.models.lora import apply_lora, check_qlora
-from simple_rlhf.models.reward import STATS_FILE, head_values, load_reward_model
+from simple_rlhf.models.reward import (
+    KIND_ATTR,
+    REWARD_KINDS,
+    STATS_FILE,
+    load_reward_model,
+)
 from simple_rlhf.trainers import common
 from simple_rlhf.trainers.reward_eval import (
     gold_metrics,
     gold_rewards,
-    pair_batch,
     pair_eval_metrics,
     reference_stats,
     score_examples,
+)
+from simple_rlhf.trainers.reward_step import (  # noqa: F401 - re-exported for callers and tests
+    OBJECTIVES,
+    backward_step,
+    likelihood_objective,
 )
 
 LOSS_TYPES = (*REWARD_LOSS_NAMES, "mixed")
@@ -116,6 +132,17 @@ TRAIN_REFERENCE_CAP = 1024  # responses scored for the stats when the reference 
 class RewardArgs:
     """Reward-model loss, evaluation and score normalisation."""
 
+    kind: str = fld(
+        "likelihood",
+        "'likelihood': a causal LM scoring a response by its summed log-probability, trained with "
+        "CPO's loss (Bradley–Terry on those sums + nll_coef x the chosen answers' NLL); saved as "
+        "a causal LM with reward_kind in config.json. 'value': a scalar head read at the EOS "
+        "(AutoModelForSequenceClassification, DeepSpeed-Chat/TRL; tiny recipe: --learning-rate "
+        "1e-3 --num-train-epochs 6)",
+    )
+    nll_coef: float = fld(
+        1.0, "likelihood kind: weight of the chosen answers' token-mean NLL (keeps it a good LM)"
+    )
     loss_type: str = fld(
         "pairwise",
         "loss: 'pairwise' (Bradley–Terry at the EOS), 'dschat' (DeepSpeed-Chat's token-wise "
@@ -148,6 +175,15 @@ class RewardArgs:
     )
 
     def __post_init__(self) -> None:
+        if self.kind not in REWARD_KINDS:
+            raise ConfigError(f"kind: {self.kind!r} is not one of {', '.join(REWARD_KINDS)}")
+        if self.kind == "likelihood" and self.loss_type != "pairwise":
+            raise ConfigError(
+                f"loss_type {self.loss_type!r} reads per-token values of a scalar head: "
+                "use it with --kind value"
+            )
+        if self.nll_coef < 0:
+            raise ConfigError("nll_coef: must be >= 0")
         if self.loss_type not in LOSS_TYPES:
             raise ConfigError(
                 f"loss_type: {self.loss_type!r} is not one of {', '.join(LOSS_TYPES)}"
@@ -173,8 +209,8 @@ class RewardConfig:
     data: DataArgs = section(DataArgs)
     optim: OptimArgs = section(
         lambda: OptimArgs(
-            learning_rate=1e-3,
-            num_train_epochs=6,
+            learning_rate=1e-4,
+            num_train_epochs=1,
             per_device_train_batch_size=16,
             per_device_eval_batch_size=32,
             weight_decay=0.0,
@@ -185,91 +221,6 @@ class RewardConfig:
     reward: RewardArgs = section(RewardArgs)
     heldout: HeldoutArgs = section(lambda: HeldoutArgs(gold_eval_prompts=48))
     dist: DistArgs = section(DistArgs)
-
-
-# ---- losses, chosen by name ---------------------------------------------------------------------
-
-Objective = Callable[[torch.Tensor, dict[str, torch.Tensor], RewardArgs], tuple[torch.Tensor, dict]]
-
-
-def _pairwise_objective(values: torch.Tensor, batch: dict, args: RewardArgs):
-    """Bradley–Terry on the last-token scores; ``values`` ``[2B, T]``, chosen rows first."""
-    scores = last_token_values(values, batch["attention_mask"])  # [2B]
-    chosen, rejected = scores.chunk(2)
-    margin = torch.full_like(chosen, args.margin) if args.margin else None
-    return pairwise_loss(chosen, rejected, margin=margin, center_coef=args.center_coef)
-
-
-def _dschat_objective(values: torch.Tensor, batch: dict, args: RewardArgs):
-    """DeepSpeed-Chat's token-wise pairwise loss on per-token values ``[2B, T]``."""
-    vc, vr = values.chunk(2)
-    ic, ir = batch["input_ids"].chunk(2)
-    mc, mr = batch["attention_mask"].chunk(2)
-    return dschat_pairwise_loss(vc, vr, ic, ir, mc, mr)
-
-
-def _mixed_objective(values: torch.Tensor, batch: dict, args: RewardArgs):
-    """``pairwise + λ · dschat`` on the same per-token values (λ = ``token_loss_coef``): the
-    Bradley–Terry term orders the EOS scores, the token-wise term makes the value after every
-    token of the two responses agree with the preference too. Metrics: the pairwise ones."""
-    loss, metrics = _pairwise_objective(values, batch, args)
-    token_loss, _ = _dschat_objective(values, batch, args)
-    return loss + args.token_loss_coef * token_loss, metrics
-
-
-OBJECTIVES: dict[str, Objective] = {
-    "pairwise": _pairwise_objective,
-    "dschat": _dschat_objective,
-    "mixed": _mixed_objective,
-}
-
-
-def backward_step(
-    model: Any,
-    chunks: Sequence[Sequence[dict]],
-    pad_id: int,
-    args: RewardArgs,
-    engine: Any = None,
-    dist: Dist | None = None,
-) -> tuple[float, dict[str, float], int]:
-    """Forward and backward over this rank's micro-batches of one optimiser step.
-
-    ``model`` is what the forward calls (``engine.model``: the DDP / DeepSpeed wrapper, so its
-    gradient synchronisation runs); ``engine`` (optional) gives ``accumulate`` / ``backward``.
-    Each micro-batch's loss is a mean over its pairs; it is weighted by
-    ``w = B_micro · world / B_step`` with ``B_step`` the pairs of the step on all ranks, so the
-    gradient (averaged over ranks) is that of the mean over every pair of the global step: batch 4
-    x accumulation 1 equals batch 2 x accumulation 2 equals 2 ranks x batch 2. Returns the step's
-    loss, its metrics (weighted alike, summed over ranks) and the real tokens seen on all ranks.
-    """
-    objective = OBJECTIVES[args.loss_type]
-    world = dist.world_size if dist is not None else 1
-    local = sum(len(c) for c in chunks)
-    n_pairs = dist.all_reduce_sum([local])[0] if dist is not None else local
-    items = engine.accumulate(chunks) if engine is not None else chunks
-    loss_sum, stats_sum, tokens = 0.0, {}, 0
-    for chunk in items:
-        b = pair_batch(chunk, pad_id)
-        if dist is not None:
-            b = dist.to_device(b)
-        values = head_values(model, b["input_ids"], b["attention_mask"])  # [2B, T]
-        loss, metrics = objective(values, b, args)
-        w = len(chunk) / n_pairs
-        scaled = loss * (w * world)
-        if engine is not None:
-            engine.backward(scaled)
-        else:
-            scaled.backward()
-        loss_sum += float(loss.detach()) * w
-        for k, v in metrics.items():
-            stats_sum[k] = stats_sum.get(k, 0.0) + float(v) * w
-        tokens += int(b["attention_mask"].sum())
-    if dist is not None and dist.world_size > 1:
-        keys = sorted(stats_sum)
-        summed = dist.all_reduce_sum([loss_sum, tokens, *(stats_sum[k] for k in keys)])
-        loss_sum, tokens = summed[0], summed[1]
-        stats_sum = dict(zip(keys, summed[2:], strict=True))
-    return loss_sum, stats_sum, int(tokens)
 
 
 # ---- training ------------------------------------------------------------------------------------
@@ -344,17 +295,32 @@ def run(cfg: RewardConfig) -> dict[str, Any]:
     plan = dist.plan(o, cfg.model.dtype)  # before loading: ZeRO-3 partitions at load
     check_qlora(cfg.lora, plan.zero_stage, zero3_ok=True)  # QLoRA: LoRA on
     with plan.loading():
-        model = load_reward_model(
-            cfg.model.model_name_or_path,
-            tokenizer,
-            dtype=cfg.model.dtype,
-            dropout=cfg.model.dropout,
-            trust_remote_code=cfg.model.trust_remote_code,
-            gradient_checkpointing=cfg.model.gradient_checkpointing,
-            load_in_4bit=cfg.lora.load_in_4bit,
-            head_seed=o.seed,  # a new head is the same under any loading (ZeRO-3 included)
-        )
-    model = apply_lora(model, cfg.lora, task_type="SEQ_CLS", extra_trainable=["score"])
+        if ra.kind == "likelihood":
+            model = load_causal_lm(
+                cfg.model.model_name_or_path,
+                tokenizer,
+                dtype=cfg.model.dtype,
+                dropout=cfg.model.dropout,
+                trust_remote_code=cfg.model.trust_remote_code,
+                gradient_checkpointing=cfg.model.gradient_checkpointing,
+                load_in_4bit=cfg.lora.load_in_4bit,
+            )
+            setattr(model.config, KIND_ATTR, "likelihood")  # saved in config.json: how to score
+        else:
+            model = load_reward_model(
+                cfg.model.model_name_or_path,
+                tokenizer,
+                dtype=cfg.model.dtype,
+                dropout=cfg.model.dropout,
+                trust_remote_code=cfg.model.trust_remote_code,
+                gradient_checkpointing=cfg.model.gradient_checkpointing,
+                load_in_4bit=cfg.lora.load_in_4bit,
+                head_seed=o.seed,  # a new head is the same under any loading (ZeRO-3 included)
+            )
+    if ra.kind == "likelihood":
+        model = apply_lora(model, cfg.lora, task_type="CAUSAL_LM")
+    else:
+        model = apply_lora(model, cfg.lora, task_type="SEQ_CLS", extra_trainable=["score"])
     total_steps = common.total_training_steps(o, len(train), dist.world_size)
     optimizer = common.build_optimizer(model, o, cfg.lora)
     scheduler = common.build_scheduler(optimizer, o, total_steps)
@@ -364,7 +330,7 @@ def run(cfg: RewardConfig) -> dict[str, Any]:
     logger = common.start_logger(cfg, dist, total_steps)  # writes on rank 0 only
     global_pairs = o.per_device_train_batch_size * dist.world_size * o.gradient_accumulation_steps
     logger.print(
-        f"[reward] {engine.describe()}\n[reward] loss {ra.loss_type}; train pairs: "
+        f"[reward] {engine.describe()}\n[reward] {ra.kind} RM, loss {ra.loss_type}; train pairs: "
         f"{train_stats.describe()}; eval pairs: {eval_stats.describe()}; {total_steps} "
         f"optimiser steps of {global_pairs} pairs"
     )
@@ -384,6 +350,7 @@ def run(cfg: RewardConfig) -> dict[str, Any]:
         "eval_examples": len(evals),
         "eval_dropped": eval_stats.dropped,
         "loss_type": ra.loss_type,
+        "kind": ra.kind,
     }
     gold = gold_rewards(tokenizer, evals) if ra.gold_eval and evals else None
 

@@ -18,9 +18,15 @@ from simple_rlhf.trainers import common
 
 
 def pair_batch(examples: Sequence[dict[str, list[int]]], pad_id: int) -> dict[str, torch.Tensor]:
-    """``input_ids`` / ``attention_mask`` ``[2B, T]``, right-padded, chosen rows first."""
+    """``input_ids`` / ``attention_mask`` / ``response_mask`` (the response tokens) ``[2B, T]``,
+    right-padded, chosen rows first."""
     b = collate_pairs(examples, pad_id)
-    return {"input_ids": b["input_ids"], "attention_mask": b["attention_mask"]}
+    response_mask = (b["labels"] != -100).long()
+    return {
+        "input_ids": b["input_ids"],
+        "attention_mask": b["attention_mask"],
+        "response_mask": response_mask,
+    }
 
 
 def rank(x: Sequence[float]) -> list[float]:
@@ -98,7 +104,9 @@ def score_examples(
         b = pair_batch(chunk, pad_id)
         if dist is not None:
             b = dist.to_device(b)
-        c, r = sequence_scores(model, b["input_ids"], b["attention_mask"]).chunk(2)
+        c, r = sequence_scores(
+            model, b["input_ids"], b["attention_mask"], b["response_mask"]
+        ).chunk(2)
         chosen.append(c.float().cpu())
         rejected.append(r.float().cpu())
     model.train(was_training)
