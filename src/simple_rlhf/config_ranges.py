@@ -107,6 +107,7 @@ RANGES: dict[str, Range] = {
     # reward model
     "margin": NONNEG,
     "center_coef": NONNEG,
+    "nll_coef": NONNEG,
     "token_loss_coef": NONNEG,
     "eval_batches": AT_LEAST_1,
     "clip": POSITIVE,

@@ -81,7 +81,7 @@ QLORA_RUNS = {"qlora_merged": {}, "qlora_adapter": {"merge_lora": False}}
 # the reference pass covers the whole train split.
 PREF = {"learning_rate": 1e-3, "adam_epsilon": 1e-6}
 QLORA_TRAINERS = {
-    "rm_qlora": ("reward", PREF),
+    "rm_qlora": ("reward", {**PREF, "kind": "value"}),  # the scalar head kept full precision
     "dpo_qlora": ("dpo", PREF),
     "dpo_qlora_precomputed": (
         "dpo",

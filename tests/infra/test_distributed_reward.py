@@ -51,6 +51,7 @@ COMMON = {
     "logging_steps": 1,
     "warmup_ratio": 0.0,
     "adam_epsilon": 1e-6,  # bounds how far rounding noise in a ~0 gradient moves a weight
+    "learning_rate": 1e-3,  # 3 steps must move the weights measurably (> 1e-3)
     "max_eval_samples": 8,
     "per_device_eval_batch_size": 4,
 }
@@ -160,11 +161,20 @@ def test_rm_two_ranks_match_one_process(name, rm_runs, helpers, tiny_base):
 
 @pytest.mark.multiproc
 @pytest.mark.slow
-def test_zero3_rm_save_loads_as_sequence_classifier(rm_runs):
-    from transformers import AutoModelForSequenceClassification
+def test_zero3_rm_save_loads_as_its_kind(rm_runs):
+    """The default (likelihood) RM gathered from ZeRO-3 loads as a plain causal LM that names its
+    kind, and scores a response like the single-process RM (atol 1e-5)."""
+    from transformers import AutoModelForCausalLM
 
-    model = AutoModelForSequenceClassification.from_pretrained(rm_runs / "zero3_offload")
-    assert model.config.num_labels == 1 and model.score.weight.shape[0] == 1
+    from simple_rlhf.models.reward import RewardScorer
+
+    model = AutoModelForCausalLM.from_pretrained(rm_runs / "zero3_offload")
+    assert model.config.reward_kind == "likelihood"
+    got, want = (
+        RewardScorer.load(str(rm_runs / f), normalize=False).score(["Q: a colour?"], ["red."])[0]
+        for f in ("zero3_offload", "ref_constant")
+    )
+    assert got == pytest.approx(want, abs=1e-5)
 
 
 if __name__ == "__main__":

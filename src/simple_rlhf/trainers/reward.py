@@ -16,7 +16,7 @@ Two kinds (``--kind``; the folder's ``config.json`` says which, ``models/reward.
   actor); its score is the scalar head read at the last real token (the EOS every response ends
   with), for any padding side (``models/reward.py::sequence_scores``). A new head is drawn from its
   own seeded generator. Train it at ``--learning-rate 1e-3 --num-train-epochs 6`` on the tiny
-  task (configs/tiny/reward_value.yaml). Its loss is chosen by name (``--loss-type``):
+  task (configs/tiny/reward.value.yaml). Its loss is chosen by name (``--loss-type``):
 
   - ``pairwise`` (default): Bradley–Terry ``-log σ(r_c - r_r - m) + c · (r_c + r_r)²`` per pair,
     averaged over the pairs of the optimiser step (``--margin`` m, ``--center-coef`` c; also for
