@@ -467,14 +467,16 @@ def tiny_likelihood_rm(tiny_sft, tmp_path_factory, learning):
 def test_likelihood_rm_short_run_learns(tiny_likelihood_rm, learning):
     """120 steps of the default likelihood RM from tiny_sft, 128 held-out tiny-task pairs, then
     the RM's accuracy on pairs of the SFT policy's own sampled answers (32 held-out prompts x 4,
-    ordered by tiny_gold). Seed 1234: accuracy 0.63 -> see bounds below (the SFT model's own
-    likelihood is the starting point, so 'before' is well above chance)."""
+    ordered by tiny_gold). Seeds 1234 / 1: accuracy gain +0.164 / +0.156 (from 0.6-0.65: the SFT
+    model's own likelihood already orders pairs), gold-order accuracy 0.898 / 0.898, policy-pair
+    accuracy 0.955 / 0.846. Asserted about half-way between no learning (gain 0, chance 0.5) and
+    the worse seed: gain >= 0.08, gold order >= 0.7, policy pairs >= 0.67."""
     summary = json.loads((tiny_likelihood_rm / "summary.json").read_text())
     before, after = summary["before"], summary["after"]
     assert summary["kind"] == "likelihood"
     gain = after["eval/accuracy"] - before["eval/accuracy"]
-    learning.at_least("reward-likelihood", "accuracy gain", gain, 0.05)
-    learning.at_least("reward-likelihood", "eval/gold_accuracy", after["eval/gold_accuracy"], 0.8)
+    learning.at_least("reward-likelihood", "accuracy gain", gain, 0.08)
+    learning.at_least("reward-likelihood", "eval/gold_accuracy", after["eval/gold_accuracy"], 0.7)
     learning.at_least(
-        "reward-likelihood", "eval/policy_pairs_accuracy", after["eval/policy_pairs_accuracy"], 0.8
+        "reward-likelihood", "eval/policy_pairs_accuracy", after["eval/policy_pairs_accuracy"], 0.67
     )
