@@ -294,29 +294,20 @@ def run(cfg: RewardConfig) -> dict[str, Any]:
         raise DataError("no training pairs left after length filtering: raise --max-seq-len")
     plan = dist.plan(o, cfg.model.dtype)  # before loading: ZeRO-3 partitions at load
     check_qlora(cfg.lora, plan.zero_stage, zero3_ok=True)  # QLoRA: LoRA on
+    m = cfg.model
+    load: dict[str, Any] = {
+        "dtype": m.dtype,
+        "dropout": m.dropout,
+        "trust_remote_code": m.trust_remote_code,
+        "gradient_checkpointing": m.gradient_checkpointing,
+        "load_in_4bit": cfg.lora.load_in_4bit,
+    }
     with plan.loading():
         if ra.kind == "likelihood":
-            model = load_causal_lm(
-                cfg.model.model_name_or_path,
-                tokenizer,
-                dtype=cfg.model.dtype,
-                dropout=cfg.model.dropout,
-                trust_remote_code=cfg.model.trust_remote_code,
-                gradient_checkpointing=cfg.model.gradient_checkpointing,
-                load_in_4bit=cfg.lora.load_in_4bit,
-            )
+            model = load_causal_lm(m.model_name_or_path, tokenizer, **load)
             setattr(model.config, KIND_ATTR, "likelihood")  # saved in config.json: how to score
-        else:
-            model = load_reward_model(
-                cfg.model.model_name_or_path,
-                tokenizer,
-                dtype=cfg.model.dtype,
-                dropout=cfg.model.dropout,
-                trust_remote_code=cfg.model.trust_remote_code,
-                gradient_checkpointing=cfg.model.gradient_checkpointing,
-                load_in_4bit=cfg.lora.load_in_4bit,
-                head_seed=o.seed,  # a new head is the same under any loading (ZeRO-3 included)
-            )
+        else:  # a new head is the same under any loading (ZeRO-3 included)
+            model = load_reward_model(m.model_name_or_path, tokenizer, head_seed=o.seed, **load)
     if ra.kind == "likelihood":
         model = apply_lora(model, cfg.lora, task_type="CAUSAL_LM")
     else:
