@@ -11,9 +11,7 @@ import torch
 
 from simple_rlhf.infra.distributed import Dist
 from simple_rlhf.losses.reward import dschat_pairwise_loss, last_token_values, pairwise_loss
-from simple_rlhf.models.forward import forward
-from simple_rlhf.models.logprobs import causal_lm_logprobs
-from simple_rlhf.models.reward import head_values
+from simple_rlhf.models.reward import head_values, likelihood_scores
 from simple_rlhf.trainers.reward_eval import pair_batch
 
 if TYPE_CHECKING:
@@ -57,15 +55,13 @@ def likelihood_objective(model: Any, batch: dict, args: RewardArgs):
     ``model`` (the DDP / DeepSpeed wrapper): Bradley–Terry on the summed response log-probs
     ``-log σ(s_c - s_r - m)`` (CPO's preference term at β = 1) plus ``nll_coef`` x the mean over
     the chosen answers of their token-mean NLL (CPO's behaviour-cloning term)."""
-    logits = forward(model, batch["input_ids"], batch["attention_mask"]).logits
-    lp = causal_lm_logprobs(logits, batch["input_ids"])  # [2B, T - 1]
-    resp = batch["response_mask"][:, 1:].to(lp.dtype)
-    sums = (lp * resp).sum(-1)
+    ids, mask, resp = batch["input_ids"], batch["attention_mask"], batch["response_mask"]
+    sums = likelihood_scores(model, ids, mask, resp)  # [2B], the score the saved RM gives
     chosen, rejected = sums.chunk(2)
     margin = torch.full_like(chosen, args.margin) if args.margin else None
     loss, metrics = pairwise_loss(chosen, rejected, margin=margin, center_coef=args.center_coef)
     n = chosen.shape[0]
-    nll = -(sums[:n] / resp[:n].sum(-1).clamp(min=1)).mean()
+    nll = -(sums[:n] / resp[:n, 1:].sum(-1).clamp(min=1)).mean()
     metrics = {**metrics, "nll": nll.detach()}
     return (loss + args.nll_coef * nll if args.nll_coef else loss), metrics
 
